@@ -1,0 +1,153 @@
+"""JWT bearer authentication and the access scoping rules of DESIGN.md.
+
+Tokens carry `sub`, `role` and, for providers and employers, `provider_id` / `employer_id`.
+HS256 with AUTH_SECRET in development; an RS/ES/EdDSA public key or a JWKS URL in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+from typing import Any
+
+import jwt
+
+from shared.errors import Unauthorized
+
+ASYMMETRIC_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
+CLOCK_LEEWAY_S = 30
+
+
+class Role(StrEnum):
+    PARTICIPANT = "participant"
+    PROVIDER = "provider"
+    EMPLOYER = "employer"
+    STAFF = "staff"
+    SERVICE = "service"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the verified claims of a bearer token."""
+
+    sub: str
+    role: Role
+    provider_id: str | None = None
+    employer_id: str | None = None
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role is Role.STAFF
+
+    @property
+    def is_trusted(self) -> bool:
+        """Staff and other services act on anything."""
+        return self.role in (Role.STAFF, Role.SERVICE)
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against the configured key material."""
+
+    def __init__(self, *, secret: str = "", public_key: str = "", jwks_url: str = ""):
+        if not (secret or public_key or jwks_url):
+            msg = "AUTH_SECRET, AUTH_PUBLIC_KEY or AUTH_JWKS_URL must be set"
+            raise ValueError(msg)
+        self._secret = secret
+        self._public_key = public_key
+        self._jwks_url = jwks_url
+
+    @cached_property
+    def _jwks_client(self) -> jwt.PyJWKClient:
+        return jwt.PyJWKClient(self._jwks_url, cache_keys=True, timeout=5)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = self._decode(token)
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The token has expired.", code="token_expired") from None
+        except (jwt.InvalidTokenError, jwt.PyJWKClientError):
+            raise Unauthorized("The token is not valid.", code="token_invalid") from None
+        return principal_from_claims(claims)
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        options = {"require": ["sub", "role", "exp"]}
+        if self._jwks_url:
+            key = self._jwks_client.get_signing_key_from_jwt(token).key
+            return jwt.decode(token, key, algorithms=ASYMMETRIC_ALGORITHMS, options=options, leeway=CLOCK_LEEWAY_S)
+        if self._public_key:
+            return jwt.decode(
+                token, self._public_key, algorithms=ASYMMETRIC_ALGORITHMS, options=options, leeway=CLOCK_LEEWAY_S
+            )
+        return jwt.decode(token, self._secret, algorithms=["HS256"], options=options, leeway=CLOCK_LEEWAY_S)
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    try:
+        role = Role(claims["role"])
+    except ValueError:
+        raise Unauthorized("The token has an unknown role.", code="token_invalid") from None
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 200:
+        raise Unauthorized("The token has no usable subject.", code="token_invalid")
+    provider_id = claims.get("provider_id")
+    employer_id = claims.get("employer_id")
+    if role is Role.PROVIDER and not provider_id:
+        raise Unauthorized("A provider token needs a provider_id claim.", code="token_invalid")
+    if role is Role.EMPLOYER and not employer_id:
+        raise Unauthorized("An employer token needs an employer_id claim.", code="token_invalid")
+    return Principal(
+        sub=sub,
+        role=role,
+        provider_id=str(provider_id) if provider_id else None,
+        employer_id=str(employer_id) if employer_id else None,
+    )
+
+
+def mint_token(
+    *,
+    secret: str,
+    role: str,
+    sub: str,
+    provider_id: str | None = None,
+    employer_id: str | None = None,
+    ttl_s: int = 12 * 3600,
+) -> str:
+    """A development token (HS256). Production tokens come from the identity provider."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "role": Role(role).value, "iat": now, "exp": now + ttl_s}
+    if provider_id:
+        claims["provider_id"] = provider_id
+    if employer_id:
+        claims["employer_id"] = employer_id
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def service_token(secret: str, service_name: str) -> str:
+    return mint_token(secret=secret, role=Role.SERVICE, sub=f"service:{service_name}", ttl_s=3600)
+
+
+def mint_token_cli() -> None:
+    parser = argparse.ArgumentParser(description="Print a development JWT (HS256 with AUTH_SECRET).")
+    parser.add_argument("--role", required=True, choices=[r.value for r in Role])
+    parser.add_argument("--sub", required=True)
+    parser.add_argument("--provider-id")
+    parser.add_argument("--employer-id")
+    parser.add_argument("--ttl", type=int, default=12 * 3600, help="seconds")
+    args = parser.parse_args()
+    secret = os.environ.get("AUTH_SECRET", "")
+    if not secret:
+        raise SystemExit("AUTH_SECRET is not set")
+    print(
+        mint_token(
+            secret=secret,
+            role=args.role,
+            sub=args.sub,
+            provider_id=args.provider_id,
+            employer_id=args.employer_id,
+            ttl_s=args.ttl,
+        )
+    )

@@ -1,0 +1,202 @@
+"""Idempotency-Key support for every command (POST/PUT/PATCH/DELETE).
+
+The first request with a key is run and its answer stored; a retry with the same key and the
+same request gets the stored answer and runs nothing. A retry with a different request is
+refused (422), a retry while the first is still running gets 409. Keys are scoped by caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.auth import TokenVerifier
+from shared.errors import AppError, Conflict, Invalid, Unauthorized
+from shared.views import SqlStore
+
+HEADER = b"idempotency-key"
+MAX_KEY_LENGTH = 200
+# A request that died mid-way leaves a pending key; after this long a retry may take it over.
+PENDING_TAKEOVER = timedelta(seconds=60)
+# Bodies larger than this (file uploads) are identified by their length, not hashed in memory.
+MAX_HASHED_BODY = 1 << 20
+
+
+class IdempotencyStore(SqlStore):
+    tables = (
+        "CREATE TABLE IF NOT EXISTS idempotency_keys ("
+        " scope_key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status_code INTEGER,"
+        " headers TEXT, body TEXT, started_at TEXT NOT NULL, claim TEXT NOT NULL)",
+    )
+
+    def begin(self, scope_key: str, fingerprint: str) -> dict[str, Any] | None:
+        """Claims the key; returns the stored answer if the request already ran."""
+        now = datetime.now(UTC)
+        claim = uuid4().hex
+        with self._cursor(commit=True) as cursor:
+            self.execute(
+                cursor,
+                "INSERT INTO idempotency_keys (scope_key, fingerprint, started_at, claim) VALUES (:k, :f, :t, :c) "
+                "ON CONFLICT (scope_key) DO UPDATE SET fingerprint = :f, started_at = :t, claim = :c "
+                "WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.started_at < :stale",
+                {
+                    "k": scope_key,
+                    "f": fingerprint,
+                    "t": now.isoformat(),
+                    "c": claim,
+                    "stale": (now - PENDING_TAKEOVER).isoformat(),
+                },
+            )
+            self.execute(cursor, "SELECT * FROM idempotency_keys WHERE scope_key = :k", {"k": scope_key})
+            row = dict(cursor.fetchone())
+        if row["fingerprint"] != fingerprint:
+            raise Invalid(
+                "This Idempotency-Key was used for a different request; use a new key.",
+                code="idempotency_key_reused",
+            )
+        if row["status_code"] is None:
+            if row["claim"] != claim:
+                raise Conflict(
+                    "A request with this Idempotency-Key is still being processed; retry shortly.",
+                    code="idempotency_in_progress",
+                )
+            return None
+        return row
+
+    def complete(self, scope_key: str, status_code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        with self._cursor(commit=True) as cursor:
+            self.execute(
+                cursor,
+                "UPDATE idempotency_keys SET status_code = :s, headers = :h, body = :b WHERE scope_key = :k",
+                {
+                    "k": scope_key,
+                    "s": status_code,
+                    "h": json.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]),
+                    "b": body.decode("utf-8"),
+                },
+            )
+
+    def release(self, scope_key: str) -> None:
+        """The request failed on our side (5xx): let a retry run it again."""
+        with self._cursor(commit=True) as cursor:
+            self.execute(cursor, "DELETE FROM idempotency_keys WHERE scope_key = :k AND status_code IS NULL", {"k": scope_key})
+
+
+class IdempotencyMiddleware:
+    """Pure ASGI middleware, so that the stored answer is exactly what was sent.
+
+    The store and the token verifier are taken from `app.state` (`idempotency`, `verifier`),
+    which the service opens at start-up.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
+        key = headers.get(HEADER)
+        if key is None or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        store: IdempotencyStore = state.idempotency
+        try:
+            scope_key, receive, fingerprint = await self._identify(state.verifier, scope, receive, headers, key)
+            stored = store.begin(scope_key, fingerprint)
+        except AppError as error:
+            await _send_error(send, error)
+            return
+        if stored is not None:
+            await _replay(send, stored)
+            return
+        await self._run_and_store(store, scope, receive, send, scope_key)
+
+    async def _identify(
+        self, verifier: TokenVerifier, scope: Scope, receive: Receive, headers: dict[bytes, bytes], key: bytes
+    ) -> tuple[str, Receive, str]:
+        text_key = key.decode("latin-1").strip()
+        if not text_key or len(text_key) > MAX_KEY_LENGTH:
+            raise Invalid(f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.", code="invalid_idempotency_key")
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        if not authorization.lower().startswith("bearer "):
+            raise Unauthorized("A bearer token is required.", code="token_missing")
+        caller = verifier.verify(authorization[7:].strip()).sub
+        length = int(headers.get(b"content-length", b"0") or 0)
+        digest = hashlib.sha256(f"{scope['method']} {scope['path']}?{scope.get('query_string', b'').decode()}".encode())
+        if length <= MAX_HASHED_BODY:
+            body = await _read_body(receive)
+            digest.update(body)
+            receive = _replaying(body)
+        else:
+            digest.update(f"length={length}".encode())
+        scope_key = hashlib.sha256(f"{caller}\n{text_key}".encode()).hexdigest()
+        return scope_key, receive, digest.hexdigest()
+
+    async def _run_and_store(
+        self, store: IdempotencyStore, scope: Scope, receive: Receive, send: Send, scope_key: str
+    ) -> None:
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            status = start.get("status", 500)
+            if status >= 500:
+                store.release(scope_key)
+            else:
+                store.complete(scope_key, status, list(start.get("headers", [])), b"".join(chunks))
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+def _replaying(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _replay(send: Send, stored: dict[str, Any]) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(stored["headers"])]
+    headers.append((b"idempotent-replayed", b"true"))
+    await send({"type": "http.response.start", "status": stored["status_code"], "headers": headers})
+    await send({"type": "http.response.body", "body": stored["body"].encode("utf-8")})
+
+
+async def _send_error(send: Send, error: AppError) -> None:
+    body = json.dumps(error.body()).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status_code,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
