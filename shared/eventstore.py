@@ -14,7 +14,8 @@ def eventsourcing_env(settings: ServiceSettings, *names: str) -> dict[str, str]:
     if settings.uses_postgres:
         dsn = settings.postgres
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            # The library's module with group commit: concurrent saves share one locked transaction.
+            "PERSISTENCE_MODULE": "shared.postgres_store:Factory",
             "POSTGRES_DBNAME": dsn.dbname,
             "POSTGRES_HOST": dsn.host,
             "POSTGRES_PORT": str(dsn.port),

@@ -1,9 +1,10 @@
 """Event-feed plumbing: run a projection after an upstream application, supervised.
 
-The library's ProjectionRunner does the work (subscription + tracking = exactly once).
-Around it: a lease so that exactly one copy of a projection is active (PostgreSQL advisory
-lock, or a file lock in embedded mode), and a supervisor that restarts the runner when the
-subscription dies (for instance a cut LISTEN connection) instead of letting the worker stop.
+The library's projection runner does the work (subscription + tracking = exactly once).
+Around it: a lease so that exactly one copy of a projection is active per upstream (PostgreSQL
+advisory lock, or a file lock in embedded mode), and a supervisor that restarts the runner when
+the subscription dies (for instance a cut LISTEN connection) or the view is reset for a rebuild,
+instead of letting the worker stop. Positions and lag for operators and Prometheus.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import fcntl
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,21 @@ from typing import Any
 
 import psycopg
 from eventsourcing.application import Application
-from eventsourcing.projection import Projection, ProjectionRunner
+from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory
+from eventsourcing.projection import BaseProjectionRunner, Projection
+from eventsourcing.utils import Environment
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from shared.eventstore import eventsourcing_env
 from shared.settings import ServiceSettings
-from shared.views import SqlView, view_class_for
+from shared.views import StaleView, SqlView, view_class_for
 
 log = logging.getLogger(__name__)
+
+# Runners starting together in one process create the same tables and functions (IF NOT EXISTS);
+# on PostgreSQL concurrent DDL fails ("tuple concurrently updated"), so they take turns.
+_table_creation = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -41,14 +50,28 @@ class ProjectionSpec:
     def name(self) -> str:
         return self.projection.name
 
+    @property
+    def lease_name(self) -> str:
+        """One active consumer per projection and upstream: a projection may follow several upstreams
+        into one view (the tracking table keeps a position per upstream)."""
+        return f"{self.projection.name}.{self.upstream.name}"
 
-def open_view(settings: ServiceSettings, spec: ProjectionSpec) -> Any:
+
+# A PostgreSQL pool keeps its minimum size open: runners and monitors work one statement at a time
+# (plus a LISTEN connection), so they get the smallest pool; servers count connections.
+SMALL_POOL = {"POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "2"}
+
+
+def open_view(settings: ServiceSettings, spec: ProjectionSpec, *, small_pool: bool = False) -> Any:
     """The view of a projection, for queries (tables are created when missing)."""
-    from eventsourcing.persistence import InfrastructureFactory
-    from eventsourcing.utils import Environment
-
-    env = Environment(spec.name, eventsourcing_env(settings, spec.name))
+    env = Environment(spec.name, eventsourcing_env(settings, spec.name) | (SMALL_POOL if small_pool else {}))
     return InfrastructureFactory.construct(env=env).tracking_recorder(view_class_for(settings, spec.view))
+
+
+def open_event_recorder(settings: ServiceSettings, application: type[Application[Any]]) -> ApplicationRecorder:
+    """The event recorder of an application (tables created when missing), without building the application."""
+    env = Environment(application.name, eventsourcing_env(settings, application.name) | SMALL_POOL)
+    return InfrastructureFactory.construct(env=env).application_recorder()
 
 
 class Lease:
@@ -139,37 +162,103 @@ class SupervisedProjection:
         self._stop.set()
 
     def _supervise(self) -> None:
-        env = eventsourcing_env(self.settings, self.spec.upstream.name, self.spec.name)
-        lease = Lease(self.settings, self.spec.name)
+        env = eventsourcing_env(self.settings, self.spec.upstream.name, self.spec.name) | SMALL_POOL
+        lease = Lease(self.settings, self.spec.lease_name)
         while not self._stop.is_set():
             try:
                 with lease.hold(self._stop) as alive:
                     if self._stop.is_set():
                         return
+                    # Operators see which copy is the active consumer (the others wait for the lease).
+                    log.info("projection %s holds its lease; running", self.spec.lease_name)
                     self._run_once(env, alive)
+            except StaleView:
+                log.info("projection %s was reset; replaying from the start", self.spec.lease_name)
             except Exception:  # the runner re-raises whatever stopped its thread: log, back off, restart
-                log.exception("projection %s stopped; restarting", self.spec.name)
+                log.exception("projection %s stopped; restarting", self.spec.lease_name)
             self.running.clear()
             if not self._stop.is_set():
                 self.restarts += 1
                 self._stop.wait(self._restart_delay_s)
 
     def _run_once(self, env: dict[str, str], alive: Any) -> None:
-        with ProjectionRunner(
-            application_class=self.spec.upstream,
-            projection_class=self.spec.projection,
-            view_class=view_class_for(self.settings, self.spec.view),
-            env=env,
-        ) as runner:
-            try:
+        with _table_creation:
+            view = open_view(self.settings, self.spec, small_pool=True)
+        try:
+            # Read before the runner reads its start position: a reset after this makes every write fail.
+            view.expected_epoch = view.epoch()
+            projection = self.spec.projection(view=view)
+            with _table_creation:
+                runner = BatchingProjectionRunner(
+                    projection=projection,
+                    application_class=self.spec.upstream,
+                    tracking_recorder=view,
+                    topics=projection.topics,
+                    env=env,
+                )
+            with runner:
                 self.running.set()
                 while not self._stop.is_set():
                     runner.run_forever(timeout=1.0)
                     if runner.is_interrupted.is_set() or not alive():
-                        msg = f"projection {self.spec.name} lost its subscription or lease"
+                        msg = f"projection {self.spec.lease_name} lost its subscription or lease"
                         raise RuntimeError(msg)
-            finally:
-                runner.view.datastore.close()
+                    if view.epoch() != view.expected_epoch:
+                        msg = "the view was reset (a rebuild began)"
+                        raise StaleView(msg)
+        finally:
+            view.datastore.close()
+
+
+# Events of one view transaction at most: a rebuild commits about once per subscription page.
+MAX_BATCH_EVENTS = 500
+
+
+class BatchingProjectionRunner(BaseProjectionRunner[Any]):
+    """The library's runner, except that events already fetched commit together.
+
+    One commit per event waits for one WAL flush per event: a rebuild or a burst of commands
+    would go at about one event per flush. Here the events the subscription has buffered join
+    the open transaction (`SqlView.batch`, up to MAX_BATCH_EVENTS), and the batch commits as soon
+    as nothing more is buffered, so a lone event is as quick as before. Rows and position still
+    commit together: exactly once.
+    """
+
+    @staticmethod
+    def _process_events_loop(  # type: ignore[override]
+        subscription: Any, projection: Any, is_stopping: threading.Event, runner: Any
+    ) -> None:
+        try:
+            _process_in_batches(subscription, projection)
+        except BaseException as error:  # handed to the runner, which re-raises it (as the library's loop does)
+            owner = runner()
+            if owner is not None:
+                owner._thread_error = error  # noqa: SLF001
+        finally:
+            is_stopping.set()
+
+
+def _process_in_batches(subscription: Any, projection: Any) -> None:
+    ready = getattr(subscription.subscription, "has_ready", lambda: False)
+    for domain_event, tracking in subscription:
+        with projection.view.batch():
+            projection.process_event(domain_event, tracking)
+            stopped = _process_buffered(subscription, projection, ready)
+        if stopped:
+            return
+
+
+def _process_buffered(subscription: Any, projection: Any, ready: Callable[[], bool]) -> bool:
+    """Processes the events already fetched (up to the batch limit); True once the subscription stopped."""
+    for _ in range(MAX_BATCH_EVENTS - 1):
+        if not ready():
+            return False
+        try:
+            domain_event, tracking = next(subscription)
+        except StopIteration:
+            return True
+        projection.process_event(domain_event, tracking)
+    return False
 
 
 def wait_for_position(view: Any, application_name: str, position: int | None, timeout: float) -> bool:
@@ -183,6 +272,62 @@ def wait_for_position(view: Any, application_name: str, position: int | None, ti
     return True
 
 
-def lag(view: Any, upstream_max: int | None, application_name: str) -> int:
-    """How many notifications the view is behind the upstream application."""
-    return max(0, (upstream_max or 0) - (view.max_tracking_id(application_name) or 0))
+@dataclass(frozen=True)
+class ProjectionPosition:
+    """Where a projection stands in one upstream's notification log.
+
+    Exact for projections that take every topic (ours do: the default handler tracks every event).
+    """
+
+    projection: str
+    upstream: str
+    position: int
+    upstream_max: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.upstream_max - self.position)
+
+
+def projection_positions(
+    specs: Iterable[ProjectionSpec], views: Mapping[str, Any], recorders: Mapping[str, ApplicationRecorder]
+) -> list[ProjectionPosition]:
+    """Positions of `specs`, given their views by projection name and upstream recorders by application name."""
+    return [
+        ProjectionPosition(
+            projection=spec.name,
+            upstream=spec.upstream.name,
+            position=views[spec.name].max_tracking_id(spec.upstream.name) or 0,
+            upstream_max=recorders[spec.upstream.name].max_notification_id() or 0,
+        )
+        for spec in specs
+    ]
+
+
+class ProjectionLagCollector(Collector):
+    """Prometheus gauge `projection_lag_events{projection,upstream}`, measured on each scrape."""
+
+    def __init__(self, read_positions: Callable[[], list[ProjectionPosition]]) -> None:
+        self._read_positions = read_positions
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        try:
+            positions = self._read_positions()
+        except Exception:  # a scrape must still answer when a database is down; readiness reports that
+            log.warning("projection lag unavailable", exc_info=True)
+            positions = []
+        for position in positions:
+            family.add_metric([position.projection, position.upstream], position.lag)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "projection_lag_events",
+            "Upstream events a projection has not processed yet",
+            labels=["projection", "upstream"],
+        )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Annotated, Any
 
 import psycopg
@@ -189,9 +192,66 @@ class Observability:
         return observed
 
 
+# Probes wait about this long (Kubernetes: timeoutSeconds 3): a dependency slower than this is down.
+READINESS_TIMEOUT_S = 2.0
+
+
+class ReadinessProbe:
+    """Runs the readiness checks in parallel and answers within READINESS_TIMEOUT_S.
+
+    A check can hang far longer than a probe waits: with PostgreSQL stopped, the event store retries
+    each call ten times, each waiting for a connection, close to a minute in all. Such a check counts
+    as failing; it keeps running in a background thread, and later probes wait for that same run
+    instead of starting another, so an outage costs one thread per check, not one per probe.
+    """
+
+    def __init__(self, checks: dict[str, Callable[[], None]], timeout_s: float = READINESS_TIMEOUT_S) -> None:
+        self._checks = checks
+        self._timeout_s = timeout_s
+        self._running: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+
+    def failures(self) -> dict[str, str]:
+        with self._lock:
+            runs = {name: self._run(name, check) for name, check in self._checks.items()}
+        deadline = time.monotonic() + self._timeout_s
+        failures: dict[str, str] = {}
+        for name, run in runs.items():
+            try:
+                run.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                failures[name] = f"no answer within {self._timeout_s:g} s"
+            except DependencyDown as error:
+                failures[name] = str(error) or type(error).__name__
+            except Exception as error:  # an unforeseen failure of a check still means "not ready", never a 500
+                log.warning("readiness check failed", check=name, error=repr(error))
+                failures[name] = type(error).__name__
+        return failures
+
+    def _run(self, name: str, check: Callable[[], None]) -> Future[None]:
+        running = self._running.get(name)
+        if running is not None and not running.done():
+            return running
+        run: Future[None] = Future()
+
+        def target() -> None:
+            try:
+                check()
+            except BaseException as error:  # handed to the probe that waits for this run
+                run.set_exception(error)
+            else:
+                run.set_result(None)
+
+        # A daemon thread: a check stuck on a dead dependency must not delay the process's exit.
+        threading.Thread(target=target, name=f"readiness-{name}", daemon=True).start()
+        self._running[name] = run
+        return run
+
+
 def health_router(observability: Observability, readiness: dict[str, Callable[[], None]]) -> APIRouter:
-    """/healthz (alive), /readyz (every dependency answers), /metrics (Prometheus)."""
+    """/healthz (alive), /readyz (every dependency answers, promptly), /metrics (Prometheus)."""
     router = APIRouter(tags=["operations"])
+    probe = ReadinessProbe(readiness)
 
     @router.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, str]:
@@ -199,12 +259,7 @@ def health_router(observability: Observability, readiness: dict[str, Callable[[]
 
     @router.get("/readyz", summary="Every dependency is reachable", responses={503: {"description": "not ready"}})
     def readyz() -> Response:
-        failures: dict[str, str] = {}
-        for name, check in readiness.items():
-            try:
-                check()
-            except DependencyDown as error:
-                failures[name] = str(error) or type(error).__name__
+        failures = probe.failures()
         if failures:
             return JSONResponse(
                 {"status": "unavailable", "failing": failures,
@@ -227,17 +282,33 @@ def request_id_headers() -> dict[str, str]:
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    """JSON logs in production, readable ones on a console; never log secrets (we log no settings)."""
+    """JSON logs in production, readable ones on a console; never log secrets (we log no settings).
+
+    Libraries log through the standard library (uvicorn, the event store, httpx): their records get
+    the same renderer, level, timestamp and request id, so that a JSON log has only JSON lines.
+    """
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    common = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*common, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=level.upper(), format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*common, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())

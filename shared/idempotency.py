@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import TokenVerifier
-from shared.errors import AppError, Conflict, Invalid, Unauthorized
+from shared.errors import AppError, Conflict, Invalid
 from shared.views import SqlStore
 
 HEADER = b"idempotency-key"
@@ -90,6 +91,9 @@ class IdempotencyStore(SqlStore):
 class IdempotencyMiddleware:
     """Pure ASGI middleware, so that the stored answer is exactly what was sent.
 
+    The store's calls block on the database: they run in the thread pool, never on the event loop
+    (one commit there would stall every request of the process for its flush).
+
     The store and the token verifier are taken from `app.state` (`idempotency`, `verifier`),
     which the service opens at start-up.
     """
@@ -100,14 +104,17 @@ class IdempotencyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
         key = headers.get(HEADER)
-        if key is None or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        # Without a bearer token there is no caller to scope the key by: public endpoints have no
+        # side effects, and protected ones answer 401 by themselves.
+        anonymous = not headers.get(b"authorization", b"").lower().startswith(b"bearer ")
+        if key is None or anonymous or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         state = scope["app"].state
         store: IdempotencyStore = state.idempotency
         try:
             scope_key, receive, fingerprint = await self._identify(state.verifier, scope, receive, headers, key)
-            stored = store.begin(scope_key, fingerprint)
+            stored = await run_in_threadpool(store.begin, scope_key, fingerprint)
         except AppError as error:
             await _send_error(send, error)
             return
@@ -122,15 +129,14 @@ class IdempotencyMiddleware:
         text_key = key.decode("latin-1").strip()
         if not text_key or len(text_key) > MAX_KEY_LENGTH:
             raise Invalid(f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.", code="invalid_idempotency_key")
-        authorization = headers.get(b"authorization", b"").decode("latin-1")
-        if not authorization.lower().startswith("bearer "):
-            raise Unauthorized("A bearer token is required.", code="token_missing")
+        authorization = headers[b"authorization"].decode("latin-1")
         caller = verifier.verify(authorization[7:].strip()).sub
-        length = int(headers.get(b"content-length", b"0") or 0)
+        declared_length = headers.get(b"content-length", b"0")
+        length = int(declared_length) if declared_length.isdigit() else MAX_HASHED_BODY + 1
         digest = hashlib.sha256(f"{scope['method']} {scope['path']}?{scope.get('query_string', b'').decode()}".encode())
         if length <= MAX_HASHED_BODY:
             body = await _read_body(receive)
-            digest.update(body)
+            digest.update(_without_multipart_boundary(body, headers.get(b"content-type", b"")))
             receive = _replaying(body)
         else:
             digest.update(f"length={length}".encode())
@@ -156,9 +162,22 @@ class IdempotencyMiddleware:
         finally:
             status = start.get("status", 500)
             if status >= 500:
-                store.release(scope_key)
+                await run_in_threadpool(store.release, scope_key)
             else:
-                store.complete(scope_key, status, list(start.get("headers", [])), b"".join(chunks))
+                await run_in_threadpool(
+                    store.complete, scope_key, status, list(start.get("headers", [])), b"".join(chunks)
+                )
+
+
+def _without_multipart_boundary(body: bytes, content_type: bytes) -> bytes:
+    """A client that rebuilds a multipart retry picks a new random boundary: same request all the same."""
+    if not content_type.lower().startswith(b"multipart/"):
+        return body
+    for parameter in content_type.split(b";")[1:]:
+        name, _, value = parameter.strip().partition(b"=")
+        if name.lower() == b"boundary" and value.strip(b'"'):
+            return body.replace(value.strip(b'"'), b"")
+    return body
 
 
 async def _read_body(receive: Receive) -> bytes:

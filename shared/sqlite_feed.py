@@ -20,6 +20,8 @@ from eventsourcing.sqlite import (
 )
 from eventsourcing.utils import Environment, EnvType
 
+from shared.subscriptions import BufferedSubscription
+
 POLL_INTERVAL_KEY = "SQLITE_POLL_INTERVAL"
 DEFAULT_POLL_INTERVAL_S = 0.1
 
@@ -27,7 +29,7 @@ _subscriptions_by_db: dict[str, weakref.WeakSet[PollingSubscription]] = {}
 _registry_lock = threading.Lock()
 
 
-class PollingSubscription(ListenNotifySubscription[SQLiteApplicationRecorder]):
+class PollingSubscription(BufferedSubscription, ListenNotifySubscription[SQLiteApplicationRecorder]):
     """Pulls new notifications every `interval` seconds, or sooner when woken."""
 
     def __init__(

@@ -10,7 +10,8 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from eventsourcing.persistence import Tracking, TrackingRecorder, WaitInterruptedError
@@ -18,11 +19,15 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL
 
+from shared.postgres_store import SerialisedSchemaChanges
 from shared.settings import ServiceSettings
 
 SqlStoreT = TypeVar("SqlStoreT", bound="SqlStore")
 
 _NAMED_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+EPOCH_KEY = "__epoch__"
+"""A row of every view's tracking table that counts its resets (rebuilds)."""
 
 DIALECT_TYPES = {
     "sqlite": {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT"},
@@ -66,19 +71,103 @@ class SqlTables:
         return rows[0] if rows else None
 
 
+class StaleView(Exception):
+    """The view was reset (a rebuild began) after this runner started: it must restart from the beginning."""
+
+
+@dataclass
+class _Batch:
+    view: SqlView
+    cursor: Any
+    tracking: Tracking | None = None
+
+
+_open_batches = threading.local()  # the batch open in this thread (a runner's processing thread)
+
+
 class SqlView(SqlTables):
     """Mixin for tracking recorders that keep a read model in tables of their own."""
 
+    expected_epoch: int | None = None
+    """Set by a running projection: its writes then fail once the view is reset (see `record`)."""
+    _epoch_check_after_writes: ClassVar[bool]
+    _share_lock: ClassVar[str]
+
     def record(self, tracking: Tracking, write: Callable[[Any], None] | None = None) -> None:
-        """Applies `write` and records the tracking position atomically (exactly once)."""
+        """Applies `write` and records the tracking position atomically (exactly once).
+
+        A runner that started before a reset must not write after it (its subscription would
+        skip what the reset asks to replay): the epoch check makes such a write fail instead.
+        Inside `batch()`, the write joins the batch's transaction.
+        """
+        batch: _Batch | None = getattr(_open_batches, "batch", None)
+        if batch is not None and batch.view is self:
+            if write is not None:
+                write(batch.cursor)
+            batch.tracking = tracking
+            return
         with self._cursor(commit=True) as cursor:
+            if not self._epoch_check_after_writes:
+                self._check_epoch(cursor)
             if write is not None:
                 write(cursor)
             self._insert_tracking(cursor, tracking)  # type: ignore[attr-defined]
+            if self._epoch_check_after_writes:
+                self._check_epoch(cursor)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Records made inside commit together, with the last one's position: one transaction (and
+        one WAL flush) for many events, still exactly once. For a runner catching up."""
+        with self._batch_cursor() as cursor:
+            if not self._epoch_check_after_writes:
+                self._check_epoch(cursor)
+            batch = _open_batches.batch = _Batch(self, cursor)
+            try:
+                yield
+            finally:
+                _open_batches.batch = None
+            if batch.tracking is not None:
+                self._insert_tracking(cursor, batch.tracking)  # type: ignore[attr-defined]
+                if self._epoch_check_after_writes:
+                    self._check_epoch(cursor)
+
+    def _batch_cursor(self) -> AbstractContextManager[Any]:
+        return self._cursor(commit=True)
+
+    def epoch(self) -> int:
+        """How many times the view was reset."""
+        return self.max_tracking_id(EPOCH_KEY) or 0  # type: ignore[attr-defined,no-any-return]
+
+    def _check_epoch(self, cursor: Any) -> None:
+        if self.expected_epoch is None:
+            return
+        cursor.execute(
+            self._sql(
+                f"SELECT notification_id FROM {self._tracking_table()} WHERE application_name = :key{self._share_lock}"
+            ),
+            {"key": EPOCH_KEY},
+        )
+        row = cursor.fetchone()
+        if (row["notification_id"] if row else 0) != self.expected_epoch:
+            msg = "the view was reset after this projection runner started"
+            raise StaleView(msg)
 
     def reset(self, application_names: tuple[str, ...]) -> None:
-        """Empties the read model and forgets the tracked positions, so a runner replays it all."""
+        """Empties the read model and forgets the tracked positions, so a runner replays it all.
+
+        The epoch goes up first, in the same transaction: runners that started earlier can no
+        longer write (they restart and replay), and on PostgreSQL this waits for their writes in flight.
+        """
         with self._cursor(commit=True) as cursor:
+            table = self._tracking_table()
+            cursor.execute(
+                self._sql(
+                    f"INSERT INTO {table} (application_name, notification_id) VALUES (:key, 1) "
+                    f"ON CONFLICT (application_name) DO UPDATE SET notification_id = {table}.notification_id + 1"
+                ),
+                {"key": EPOCH_KEY},
+            )
             for table in self.table_names:
                 cursor.execute(self._sql(f"DELETE FROM {table}"))
             for name in application_names:
@@ -115,17 +204,37 @@ class SqlView(SqlTables):
 
 class _SQLiteBase(SqlView, SQLiteTrackingRecorder):
     dialect = "sqlite"
+    # After the first write the transaction holds the database's write lock, so no reset can
+    # commit between the check and the commit (a read first would pin an older snapshot). For the
+    # same reason no epoch row is written with the tables: a missing row reads as epoch 0.
+    _epoch_check_after_writes = True
+    _share_lock = ""
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *self.view_ddl()]
 
 
-class _PostgresBase(SqlView, PostgresTrackingRecorder):
+class _PostgresBase(SqlView, SerialisedSchemaChanges, PostgresTrackingRecorder):
     dialect = "postgres"
+    # First, with a share lock on the epoch row: a reset (which updates that row first) waits
+    # for this transaction, or this one sees the new epoch. The row is made with the tables, so
+    # that there is always one to lock.
+    _epoch_check_after_writes = False
+    _share_lock = " FOR SHARE"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sql_create_statements.extend(SQL(ddl) for ddl in self.view_ddl())  # type: ignore[arg-type]
+        epoch_row = (
+            f"INSERT INTO {self._tracking_table()} (application_name, notification_id) "
+            f"VALUES ('{EPOCH_KEY}', 0) ON CONFLICT DO NOTHING"
+        )
+        self.sql_create_statements.extend(SQL(ddl) for ddl in [*self.view_ddl(), epoch_row])  # type: ignore[arg-type]
+
+    @contextmanager
+    def _batch_cursor(self) -> Iterator[Any]:
+        # Pipeline mode: a batch's statements go out without waiting for each answer.
+        with self.datastore.get_connection() as conn, conn.pipeline(), conn.transaction():  # type: ignore[attr-defined]
+            yield conn.cursor()
 
 
 def sqlite_view(view: type[SqlView]) -> type[TrackingRecorder]:

@@ -8,10 +8,25 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 
 from services.certificate.domain import CertificateAccessLog
-from shared.auth import Principal
+from services.certificate.projections import RegisteredCertificate
+from shared.auth import Principal, Role
 from shared.errors import Conflict
 
 MAX_CONCURRENCY_RETRIES = 20
+
+
+def can_read_certificate(principal: Principal, certificate: RegisteredCertificate) -> bool:
+    """The participant, the product's provider, the employer on the booking, staff (and services)."""
+    match principal.role:
+        case Role.STAFF | Role.SERVICE:
+            return True
+        case Role.PROVIDER:
+            return principal.provider_id == certificate.provider_id
+        case Role.PARTICIPANT:
+            return principal.sub == certificate.participant_id
+        case Role.EMPLOYER:
+            return certificate.employer_id is not None and principal.employer_id == certificate.employer_id
+    return False
 
 
 class CertificateApplication(Application[UUID]):

@@ -1,0 +1,365 @@
+"""HTTP API of the certificate service: upload, metadata, audited download, revoke, visibility."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Literal
+from urllib.parse import quote
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from services.booking.application import BookingApplication
+from services.certificate.application import CertificateApplication, can_read_certificate
+from services.certificate.booking_gateway import POSITION_HEADER, BookingGateway
+from services.certificate.multipart import read_upload_form
+from services.certificate.pdfcheck import PdfRejected
+from services.certificate.projections import CertificateRegistry, RegisteredCertificate
+from services.certificate.settings import CertificateSettings
+from services.certificate.storage import ObjectNotFound, ObjectStorage, StorageUnavailable, certificate_object_key
+from services.certificate.uploads import CertificateIssuer, IssuedCertificate, StorageDown, UploadRefused, sanitise_file_name
+from services.certificate.verification import linkedin_add_url
+from shared.auth import Principal, Role
+from shared.errors import Forbidden, Invalid, NotFound, ServiceUnavailable
+from shared.feed import wait_for_position
+from shared.http import CurrentPrincipal
+
+log = logging.getLogger(__name__)
+
+MIN_POSITION_HEADER = "X-Min-Position"
+UPLOAD_PATH = "/v1/bookings/{booking_id}/certificate"
+FILE_FIELD = "file"
+
+CertificateState = Literal["valid", "revoked", "superseded"]
+
+
+# --- request models ---------------------------------------------------------------------------
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class UploadFields(Strict):
+    """The text fields of the upload form (strings, so "true"/"false"/"1"/"0" are accepted)."""
+
+    contains_results: bool = False
+
+
+class ReasonIn(Strict):
+    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class VisibilityIn(Strict):
+    public: StrictBool
+
+
+UPLOAD_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {
+                        FILE_FIELD: {"type": "string", "format": "binary", "description": "The certificate as a PDF"},
+                        "contains_results": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "The certificate shows grades or scores (needs the participant's consent)",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+# --- response models --------------------------------------------------------------------------
+
+
+class IssuedCertificateOut(BaseModel):
+    certificate_id: UUID
+    booking_id: UUID
+    sha256: str
+    size: int
+    page_count: int
+    file_name: str
+    contains_results: bool
+    certification_name: str
+    issued_at: datetime
+    state: CertificateState
+
+    @classmethod
+    def of(cls, issued: IssuedCertificate) -> IssuedCertificateOut:
+        return cls(
+            certificate_id=issued.certificate_id,
+            booking_id=issued.booking_id,
+            sha256=issued.sha256,
+            size=issued.size,
+            page_count=issued.page_count,
+            file_name=issued.file_name,
+            contains_results=issued.contains_results,
+            certification_name=issued.certification_name,
+            issued_at=issued.issued_at,
+            state="valid",
+        )
+
+
+class CertificateOut(IssuedCertificateOut):
+    revoked_at: datetime | None
+    revocation_reason: str | None
+    superseded_by: UUID | None
+    holder_public: bool = Field(description="The participant lets verifiers see their full name")
+    linkedin_add_url: str | None = Field(
+        default=None, description="LinkedIn add-to-profile link for the holder; null unless the certificate is valid"
+    )
+
+    @classmethod
+    def of_registered(cls, certificate: RegisteredCertificate, certificate_base_url: str) -> CertificateOut:
+        described = cls.model_validate(certificate, from_attributes=True)
+        return described.model_copy(update={"linkedin_add_url": linkedin_add_url(certificate, certificate_base_url)})
+
+
+class RevocationOut(BaseModel):
+    certificate_id: UUID
+    booking_id: UUID
+    state: Literal["revoked"]
+    revocation_reason: str
+
+
+class VisibilityOut(BaseModel):
+    certificate_id: UUID
+    booking_id: UUID
+    holder_public: bool
+
+
+# --- dependencies -----------------------------------------------------------------------------
+
+
+def get_registry(request: Request) -> CertificateRegistry:
+    return request.app.state.certificate_registry  # type: ignore[no-any-return]
+
+
+def get_gateway(request: Request) -> BookingGateway:
+    return request.app.state.booking_gateway  # type: ignore[no-any-return]
+
+
+Registry = Annotated[CertificateRegistry, Depends(get_registry)]
+Gateway = Annotated[BookingGateway, Depends(get_gateway)]
+MinPosition = Annotated[
+    int | None,
+    Header(alias=MIN_POSITION_HEADER, ge=0, description="Wait until the registry has this booking event position"),
+]
+
+
+def find_certificate(
+    request: Request, registry: CertificateRegistry, principal: Principal, certificate_id: str, min_position: int | None
+) -> RegisteredCertificate:
+    """The certificate if the caller may read it; 404 alike for unknown and not yours."""
+    wait_for_registry(request, registry, min_position)
+    certificate = registry.get(certificate_id)
+    if certificate is None or not can_read_certificate(principal, certificate):
+        raise NotFound("No such certificate.")
+    return certificate
+
+
+def wait_for_registry(request: Request, registry: CertificateRegistry, position: int | None) -> None:
+    """Read-your-writes: `position` is an X-Event-Position the booking service returned."""
+    if position is None:
+        return
+    # A position past the last booking event was never handed out; waiting for it would only time out.
+    written = request.app.state.booking_events.max_notification_id() or 0
+    if position > written:
+        raise Invalid(
+            f"{MIN_POSITION_HEADER} {position} is past the last booking event ({written}); send back an "
+            f"{POSITION_HEADER} an upload, revocation or booking command returned.",
+            code="invalid_min_position",
+        )
+    timeout = request.app.state.settings.read_your_writes_timeout_s
+    if not wait_for_position(registry, BookingApplication.name, position, timeout):
+        raise ServiceUnavailable(
+            "The certificate registry has not caught up with that position yet; retry shortly.",
+            code="read_model_behind",
+            headers={"Retry-After": "1"},
+        )
+
+
+def set_position(response: Response, position: int | None) -> None:
+    """Pass this back as X-Min-Position to read your own write."""
+    if position is not None:
+        response.headers[POSITION_HEADER] = str(position)
+
+
+def content_disposition(file_name: str) -> str:
+    fallback = file_name.encode("ascii", "replace").decode("ascii").replace('"', "_").replace("\\", "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(file_name, safe='')}"
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+certificates = APIRouter(tags=["certificates"])
+
+
+@certificates.post(
+    UPLOAD_PATH,
+    status_code=201,
+    response_model=IssuedCertificateOut,
+    openapi_extra=UPLOAD_REQUEST_BODY,
+    responses={
+        409: {"description": "The booking cannot receive a certificate now (the message says why)"},
+        413: {"description": "The file is larger than MAX_UPLOAD_BYTES"},
+        415: {"description": "Not a PDF"},
+        422: {"description": "A PDF that is damaged, encrypted or carries scripts or attachments"},
+        503: {"description": "The booking service or the storage is unavailable; nothing was issued"},
+    },
+)
+async def upload_certificate(
+    request: Request, booking_id: UUID, principal: CurrentPrincipal, gateway: Gateway, response: Response
+) -> IssuedCertificateOut:
+    """Checks with the booking service before the body is read, then spools, inspects, stores and records."""
+    if principal.role not in (Role.PROVIDER, Role.STAFF):
+        raise Forbidden("Certificates are uploaded by the product's provider or by staff.")
+    settings: CertificateSettings = request.app.state.settings
+    authorization = request.headers["authorization"]
+    await gateway.check_upload(authorization, booking_id, contains_results=False)
+    try:
+        form = await read_upload_form(
+            request.headers.get("content-type", ""),
+            request.stream(),
+            file_field=FILE_FIELD,
+            spool_dir=settings.upload_spool_dir,
+            max_file_bytes=settings.max_upload_bytes,
+        )
+    except PdfRejected as rejection:
+        raise UploadRefused(rejection) from None
+    with form.file:
+        fields = parse_upload_fields(form.fields)
+        if fields.contains_results:
+            await gateway.check_upload(authorization, booking_id, contains_results=True)
+        issuer: CertificateIssuer = request.app.state.certificate_issuer
+        issued = await issuer.issue(
+            principal,
+            booking_id,
+            form.file,
+            sanitise_file_name(form.file_name),
+            contains_results=fields.contains_results,
+        )
+    set_position(response, issued.position)
+    return IssuedCertificateOut.of(issued)
+
+
+def parse_upload_fields(fields: dict[str, str]) -> UploadFields:
+    try:
+        return UploadFields.model_validate(fields)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
+
+
+@certificates.get("/v1/bookings/{booking_id}/certificate", response_model=CertificateOut)
+def active_certificate(
+    request: Request, booking_id: UUID, principal: CurrentPrincipal, registry: Registry, min_position: MinPosition = None
+) -> CertificateOut:
+    wait_for_registry(request, registry, min_position)
+    certificate = registry.active_for_booking(str(booking_id))
+    if certificate is None or not can_read_certificate(principal, certificate):
+        raise NotFound("This booking has no valid certificate.")
+    return CertificateOut.of_registered(certificate, request.app.state.settings.certificate_url)
+
+
+@certificates.get("/v1/certificates/{certificate_id}", response_model=CertificateOut)
+def get_certificate(
+    request: Request, certificate_id: UUID, principal: CurrentPrincipal, registry: Registry, min_position: MinPosition = None
+) -> CertificateOut:
+    """Any certificate, also a revoked or superseded one."""
+    certificate = find_certificate(request, registry, principal, str(certificate_id), min_position)
+    return CertificateOut.of_registered(certificate, request.app.state.settings.certificate_url)
+
+
+@certificates.get(
+    "/v1/certificates/{certificate_id}/file",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/pdf": {}}, "description": "The PDF as uploaded"}},
+)
+def download_certificate(
+    request: Request, certificate_id: UUID, principal: CurrentPrincipal, registry: Registry, min_position: MinPosition = None
+) -> StreamingResponse:
+    """Every download is recorded (who, when) before a byte is sent; no record, no file."""
+    certificate = find_certificate(request, registry, principal, str(certificate_id), min_position)
+    storage: ObjectStorage = request.app.state.object_storage
+    try:
+        stream = storage.open_stream(certificate_object_key(certificate.sha256))
+    except ObjectNotFound:
+        log.error("the file of certificate %s (sha256 %s) is missing", certificate_id, certificate.sha256)
+        raise NotFound("The file of this certificate is not available.", code="file_missing") from None
+    except StorageUnavailable as error:
+        raise StorageDown from error
+    try:
+        application: CertificateApplication = request.app.state.certificate_app
+        application.record_download(principal, certificate_id, UUID(certificate.booking_id))
+    except BaseException:
+        stream.close()
+        raise
+    return StreamingResponse(
+        stream,
+        media_type="application/pdf",
+        headers={
+            "Content-Length": str(certificate.size),
+            "Content-Disposition": content_disposition(certificate.file_name),
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@certificates.post("/v1/certificates/{certificate_id}/revoke", response_model=RevocationOut)
+async def revoke_certificate(
+    request: Request,
+    certificate_id: UUID,
+    body: ReasonIn,
+    principal: CurrentPrincipal,
+    registry: Registry,
+    gateway: Gateway,
+    response: Response,
+    min_position: MinPosition = None,
+) -> RevocationOut:
+    """By the product's provider or staff; the booking service records CertificateRevoked."""
+    certificate = await run_in_threadpool(
+        find_certificate, request, registry, principal, str(certificate_id), min_position
+    )
+    booking_id = UUID(certificate.booking_id)
+    position = await gateway.revoke(request.headers["authorization"], booking_id, certificate_id, body.reason)
+    set_position(response, position)
+    return RevocationOut(
+        certificate_id=certificate_id, booking_id=booking_id, state="revoked", revocation_reason=body.reason
+    )
+
+
+@certificates.put("/v1/certificates/{certificate_id}/visibility", response_model=VisibilityOut)
+async def change_visibility(
+    request: Request,
+    certificate_id: UUID,
+    body: VisibilityIn,
+    principal: CurrentPrincipal,
+    registry: Registry,
+    gateway: Gateway,
+    response: Response,
+    min_position: MinPosition = None,
+) -> VisibilityOut:
+    """By the participant: whether verifiers see their full name or only initials."""
+    certificate = await run_in_threadpool(
+        find_certificate, request, registry, principal, str(certificate_id), min_position
+    )
+    booking_id = UUID(certificate.booking_id)
+    position = await gateway.change_visibility(
+        request.headers["authorization"], booking_id, certificate_id, public=body.public
+    )
+    set_position(response, position)
+    return VisibilityOut(certificate_id=certificate_id, booking_id=booking_id, holder_public=body.public)

@@ -1,0 +1,136 @@
+"""The production (PostgreSQL) persistence module: the library's, with group commit, schema changes
+that take turns across processes, and subscriptions that tell a batching projection runner what
+is already fetched.
+
+Selected with PERSISTENCE_MODULE=shared.postgres_store:Factory (see shared/eventstore.py).
+
+The library serialises inserts with a table lock held until COMMIT, so that notification ids
+commit in id order and a tailing projection never skips an event. The lock is held while the
+commit waits for its WAL flush: one flush per command, so about 1/fsync commands per second
+whatever the concurrency. Here, saves that arrive while a commit is in flight queue up, and the
+next commit takes all of them: one lock, one flush, many commands. Order is still kept, because
+each batch is one of the library's own locked inserts (unlike POSTGRES_ENABLE_DB_FUNCTIONS,
+whose insert takes no lock and lets ids commit out of order).
+
+A version conflict (two commands on one aggregate in one batch) fails the batch's transaction;
+its saves are then committed one by one, so only the conflicting one gets the IntegrityError
+that the application answers by retrying its command.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError, StoredEvent, Subscription
+from eventsourcing.postgres import (
+    PostgresApplicationRecorder,
+    PostgresFactory,
+    PostgresProcessRecorder,
+    PostgresSubscription,
+    PostgresTrackingRecorder,
+)
+from psycopg import Cursor
+from psycopg.rows import DictRow
+
+from shared.subscriptions import BufferedSubscription
+
+
+class _PendingSave:
+    """One caller's events, waiting for the commit that includes them."""
+
+    __slots__ = ("done", "error", "events", "ids")
+
+    def __init__(self, events: Sequence[StoredEvent]) -> None:
+        self.events = events
+        self.ids: Sequence[int] | None = None
+        self.error: Exception | None = None
+        self.done = False
+
+
+# Any fixed number: the advisory lock that schema changes of every process take turns on.
+SCHEMA_LOCK_KEY = 7_246_118_091
+
+
+class SerialisedSchemaChanges:
+    """Mixed in (first) into PostgreSQL recorders. Processes that start together (server workers,
+    replicas, workers) create the same tables and functions, and PostgreSQL fails concurrent
+    CREATE OR REPLACE FUNCTION ("tuple concurrently updated"): each takes its turn."""
+
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        curs.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        super()._create_table(curs)  # type: ignore[misc]
+
+
+class BufferedPostgresSubscription(BufferedSubscription, PostgresSubscription):
+    pass
+
+
+class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicationRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queue: list[_PendingSave] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[Any]:
+        """Lets a batching projection runner see what is already fetched (shared/feed.py)."""
+        return BufferedPostgresSubscription(recorder=self, gt=gt, topics=topics)
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        if not stored_events or kwargs.get("tracking") is not None:  # not a plain save: nothing to group
+            return super().insert_events(stored_events, **kwargs)
+        pending = _PendingSave(stored_events)
+        with self._queue_lock:
+            self._queue.append(pending)
+        # Whoever gets the commit lock commits everything queued so far, maybe ours too.
+        with self._commit_lock:
+            if not pending.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if pending.error is not None:
+            # A fresh exception per caller: several threads may raise what one commit raised.
+            raise type(pending.error)(*pending.error.args) from pending.error
+        return pending.ids
+
+    def _commit(self, batch: list[_PendingSave]) -> None:
+        try:
+            ids = super().insert_events([event for pending in batch for event in pending.events])
+        except IntegrityError as error:
+            if len(batch) == 1:
+                self._settle(batch, error=error)
+            else:
+                for pending in batch:
+                    self._commit([pending])
+            return
+        except Exception as error:  # handed to every caller of this batch, who raise it
+            self._settle(batch, error=error)
+            return
+        assert ids is not None and len(ids) == sum(len(p.events) for p in batch), "one id per inserted event"
+        start = 0
+        for pending in batch:
+            pending.ids = ids[start : start + len(pending.events)]
+            start += len(pending.events)
+        self._settle(batch)
+
+    @staticmethod
+    def _settle(batch: list[_PendingSave], *, error: Exception | None = None) -> None:
+        for pending in batch:
+            pending.error = error
+            pending.done = True
+
+
+class SerialisedProcessRecorder(SerialisedSchemaChanges, PostgresProcessRecorder):
+    pass
+
+
+class SerialisedTrackingRecorder(SerialisedSchemaChanges, PostgresTrackingRecorder):
+    pass
+
+
+class Factory(PostgresFactory):
+    application_recorder_class = GroupCommitApplicationRecorder
+    process_recorder_class = SerialisedProcessRecorder
+    tracking_recorder_class = SerialisedTrackingRecorder
