@@ -1,0 +1,290 @@
+"""Audit trail for staff: every event of the booking and certificate services, who acted and when.
+
+One projection ("audit") follows two upstream applications (booking, certificate) into one
+append-only table; its tracking table keeps a position per upstream, and each row commits with
+its position, so every event is recorded exactly once. Personal data stays out of the entries:
+the participant's id identifies them; names, emails, review texts and file names are not copied.
+Also here: a booking as it was at a given moment, rebuilt from its events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import takewhile
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.dispatch import singledispatchmethod
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import Projection
+
+from services.booking.application import BookingApplication
+from services.booking.domain import Booking, Product, Provider
+from services.booking.projections import decode_cursor, encode_cursor, iso
+from services.certificate.application import CertificateApplication
+from services.certificate.domain import CertificateAccessLog
+from shared.errors import Invalid, NotFound
+from shared.feed import ProjectionSpec
+from shared.views import SqlView
+
+
+def _fields(*names: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda event: {name: getattr(event, name) for name in names}
+
+
+# What each event adds to its entry beyond who, when and which aggregate.
+SUMMARIES: dict[type, Callable[[Any], dict[str, Any]]] = {
+    Booking.BookingRequested: lambda event: {
+        "product_id": event.product_id,
+        "provider_id": event.provider_id,
+        "participant_id": event.participant["id"],
+        "employer_id": event.employer_id,
+    },
+    Booking.Accepted: _fields(),
+    Booking.Declined: _fields("reason"),
+    Booking.Cancelled: _fields("reason"),
+    Booking.StatusChanged: _fields("old_status", "new_status"),
+    Booking.ResultsConsentGiven: _fields(),
+    Booking.ResultsConsentWithdrawn: _fields(),
+    Booking.ReviewSubmitted: _fields("rating"),
+    Booking.CertificateUploaded: _fields(
+        "certificate_id", "sha256", "size", "page_count", "contains_results", "certification_name", "supersedes"
+    ),
+    Booking.CertificateRevoked: _fields("certificate_id", "reason"),
+    Booking.CertificateVisibilityChanged: _fields("certificate_id", "public"),
+    Provider.ProviderRegistered: _fields("name", "linkedin_organization_id", "logo_url"),
+    Provider.LinkedInPageLinked: _fields("organization_id"),
+    Product.ProductRegistered: _fields("provider_id", "title"),
+    Product.CertificationDefined: _fields("name"),
+    CertificateAccessLog.CertificateDownloaded: lambda event: {"certificate_id": event.originator_id},
+}
+
+AUDITED_EVENT_TYPES = frozenset(event_class.__name__ for event_class in SUMMARIES)
+
+ENTRY_COLUMNS = (
+    "id",
+    "source",
+    "notification_id",
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "aggregate_version",
+    "booking_id",
+    "actor_id",
+    "actor_role",
+    "occurred_at",
+    "summary",
+)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One row of the audit trail, built from one event (`id` is given by the table)."""
+
+    source: str
+    notification_id: int
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    aggregate_version: int
+    booking_id: str | None
+    actor_id: str | None
+    actor_role: str | None
+    occurred_at: str
+    summary: str
+    certificate_id: str | None
+    """For downloads: the booking is the one of this certificate's access log."""
+
+
+def audit_entry(event: Any, tracking: Tracking) -> AuditEntry:
+    aggregate_type, _, event_type = type(event).__qualname__.rpartition(".")
+    summarise = SUMMARIES.get(type(event), _fields())
+    is_download = isinstance(event, CertificateAccessLog.CertificateDownloaded)
+    return AuditEntry(
+        source=tracking.application_name,
+        notification_id=tracking.notification_id,
+        event_type=event_type,
+        aggregate_type=aggregate_type,
+        aggregate_id=str(event.originator_id),
+        aggregate_version=event.originator_version,
+        booking_id=str(event.originator_id) if isinstance(event, Booking.Event) else None,
+        actor_id=getattr(event, "actor_id", None),
+        actor_role=getattr(event, "actor_role", None),
+        occurred_at=iso(event.timestamp),
+        summary=json.dumps(summarise(event), separators=(",", ":"), sort_keys=True, default=str),
+        certificate_id=str(event.originator_id) if is_download else None,
+    )
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What staff ask for; times are UTC text as stored, `since` inclusive, `until` exclusive."""
+
+    booking_id: str | None = None
+    actor_id: str | None = None
+    event_type: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def where(self) -> tuple[list[str], dict[str, Any]]:
+        equal = ("booking_id", "actor_id", "event_type")
+        clauses = [f"{column} = :{column}" for column in equal if getattr(self, column)]
+        if self.since:
+            clauses.append("occurred_at >= :since")
+        if self.until:
+            clauses.append("occurred_at < :until")
+        params = {name: value for name, value in vars(self).items() if value is not None}
+        return clauses, params
+
+
+class AuditTrail(SqlView):
+    """The append-only audit table, plus which booking each certificate's access log belongs to."""
+
+    tables = (
+        "CREATE TABLE IF NOT EXISTS audit_entries ("
+        " id {serial}, source TEXT NOT NULL, notification_id BIGINT NOT NULL, event_type TEXT NOT NULL,"
+        " aggregate_type TEXT NOT NULL, aggregate_id TEXT NOT NULL, aggregate_version INTEGER NOT NULL,"
+        " booking_id TEXT, actor_id TEXT, actor_role TEXT, occurred_at TEXT NOT NULL, summary TEXT NOT NULL,"
+        " UNIQUE (source, notification_id))",
+        "CREATE INDEX IF NOT EXISTS audit_entries_booking ON audit_entries (booking_id, id)",
+        "CREATE INDEX IF NOT EXISTS audit_entries_actor ON audit_entries (actor_id, id)",
+        "CREATE INDEX IF NOT EXISTS audit_entries_event_type ON audit_entries (event_type, id)",
+        "CREATE INDEX IF NOT EXISTS audit_entries_occurred_at ON audit_entries (occurred_at, id)",
+        "CREATE TABLE IF NOT EXISTS audit_certificates (certificate_id TEXT PRIMARY KEY, booking_id TEXT NOT NULL)",
+    )
+    table_names = ("audit_entries", "audit_certificates")
+
+    # --- writes (by the projection) ----------------------------------------------------------
+
+    def append(self, tracking: Tracking, entry: AuditEntry) -> None:
+        params = vars(entry)
+
+        def write(cursor: Any) -> None:
+            if self.dialect == "postgres":
+                # Two runners append here: ids must commit in id order, or a reader paging by id
+                # could pass an id whose row commits later. Plain reads do not wait for this lock.
+                cursor.execute("LOCK TABLE audit_entries IN EXCLUSIVE MODE")
+            # One statement (no read before the write): on SQLite a read first would pin a snapshot.
+            self.execute(
+                cursor,
+                "INSERT INTO audit_entries (source, notification_id, event_type, aggregate_type, aggregate_id,"
+                " aggregate_version, booking_id, actor_id, actor_role, occurred_at, summary) VALUES ("
+                " :source, :notification_id, :event_type, :aggregate_type, :aggregate_id, :aggregate_version,"
+                " COALESCE(:booking_id,"
+                "  (SELECT booking_id FROM audit_certificates WHERE certificate_id = :certificate_id)),"
+                " :actor_id, :actor_role, :occurred_at, :summary)",
+                params,
+            )
+
+        self.record(tracking, write)
+
+    def remember_certificate(self, tracking: Tracking, certificate_id: str, booking_id: str) -> None:
+        self.record(
+            tracking,
+            lambda cursor: self.execute(
+                cursor,
+                "INSERT INTO audit_certificates (certificate_id, booking_id) VALUES (:certificate_id, :booking_id)"
+                " ON CONFLICT (certificate_id) DO NOTHING",
+                {"certificate_id": certificate_id, "booking_id": booking_id},
+            ),
+        )
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def page(
+        self, audit_filter: AuditFilter, *, after_id: int = 0, limit: int, upto_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Entries in id order after `after_id` (keyset: stable while entries are appended)."""
+        clauses, params = audit_filter.where()
+        clauses.append("id > :after_id")
+        if upto_id is not None:
+            clauses.append("id <= :upto_id")
+        return self.fetch_all(
+            f"SELECT {', '.join(ENTRY_COLUMNS)} FROM audit_entries"
+            f" WHERE {' AND '.join(clauses)} ORDER BY id LIMIT :limit",
+            params | {"after_id": after_id, "upto_id": upto_id, "limit": limit},
+        )
+
+    def last_id(self) -> int:
+        row = self.fetch_one("SELECT MAX(id) AS last_id FROM audit_entries")
+        return int(row["last_id"] or 0) if row else 0
+
+    def cursor_after(self, entry: dict[str, Any]) -> str:
+        return encode_cursor(str(entry["id"]), entry["source"], str(entry["notification_id"]))
+
+    def resolve_cursor(self, cursor: str) -> int:
+        """The id a cursor continues after; refuses cursors this trail did not give out."""
+        entry_id, source, notification_id = decode_cursor(cursor, 3)
+        if not (entry_id.isdigit() and notification_id.isdigit()):
+            raise Invalid("The cursor is not one this service gave out.", code="invalid_cursor")
+        found = self.fetch_one(
+            "SELECT id FROM audit_entries WHERE id = :id AND source = :source AND notification_id = :notification_id",
+            {"id": int(entry_id), "source": source, "notification_id": int(notification_id)},
+        )
+        if found is None:
+            raise Invalid(
+                "The cursor is not one this service gave out, or the audit trail was rebuilt since: "
+                "start again from the first page.",
+                code="invalid_cursor",
+            )
+        return int(entry_id)
+
+    def stream(self, audit_filter: AuditFilter, *, chunk: int = 500) -> Iterator[dict[str, Any]]:
+        """Every matching entry that exists now, read `chunk` rows at a time."""
+        upto_id = self.last_id()
+        after_id = 0
+        while True:
+            rows = self.page(audit_filter, after_id=after_id, limit=chunk, upto_id=upto_id)
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after_id = rows[-1]["id"]
+
+
+class AuditProjection(Projection[AuditTrail]):
+    name = "audit"
+
+    @singledispatchmethod
+    def process_event(self, domain_event: DomainEventProtocol[UUID], tracking: Tracking) -> None:
+        """Every event is an entry; one not in SUMMARIES still is, without details."""
+        self.view.append(tracking, audit_entry(domain_event, tracking))
+
+    @process_event.register(CertificateAccessLog.AccessLogOpened)
+    def _access_log_opened(self, event: Any, tracking: Tracking) -> None:
+        # Bookkeeping, not an action (the download that opened it is the entry).
+        self.view.remember_certificate(tracking, str(event.originator_id), str(event.booking_id))
+
+
+AUDIT_BOOKING = ProjectionSpec(AuditProjection, AuditTrail, BookingApplication)
+AUDIT_CERTIFICATE = ProjectionSpec(AuditProjection, AuditTrail, CertificateApplication)
+AUDIT_PROJECTIONS = [AUDIT_BOOKING, AUDIT_CERTIFICATE]
+
+
+# --- the booking at a moment in time -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BookingAsOf:
+    booking: Booking
+    as_of: datetime
+    events: list[Any]
+    """The events applied, oldest first."""
+
+
+def booking_as_of(app: BookingApplication, booking_id: UUID, as_of: datetime) -> BookingAsOf:
+    """The booking rebuilt from its events up to and including `as_of` (an aware datetime)."""
+    events = list(app.events.get(booking_id))
+    if not events or not isinstance(events[0], Booking.BookingRequested):
+        raise NotFound("No such booking.")
+    applied = list(takewhile(lambda event: event.timestamp <= as_of, events))
+    if not applied:
+        raise NotFound(
+            f"The booking did not exist yet at {iso(as_of)}; it was requested at {iso(events[0].timestamp)}.",
+            code="booking_not_yet_requested",
+        )
+    booking = app.repository.get(booking_id, version=applied[-1].originator_version)
+    return BookingAsOf(booking=booking, as_of=as_of, events=applied)
