@@ -22,10 +22,22 @@ from shared.linkedin import add_to_profile_url
 POSITION_HEADER = "X-Event-Position"
 MIN_POSITION_HEADER = "X-Min-Position"
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Reason = Annotated[str, Field(min_length=1, max_length=1000)]
+# No control characters in stored text: PostgreSQL cannot hold NUL, and names end up in mail
+# headers, CSV and HTML. Free text (reasons, reviews) may have line breaks and tabs.
+ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+FREE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=ONE_LINE)]
+Reason = Annotated[str, Field(min_length=1, max_length=1000, pattern=FREE_TEXT)]
 LinkedInId = Annotated[str, Field(pattern=r"^[0-9]{1,20}$", description="LinkedIn company page id (digits)")]
-Url = Annotated[str, Field(pattern=r"^https?://[^\s<>\"']{1,2000}$", max_length=2000)]
+Url = Annotated[str, Field(pattern=r"^https?://[^\s<>\"'\x00-\x1f\x7f]{1,2000}$", max_length=2000)]
+Email = Annotated[
+    str,
+    Field(
+        pattern=r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,255}\.[^@\s\x00-\x1f\x7f]{1,63}$",
+        max_length=320,
+    ),
+]
 
 
 class Strict(BaseModel):
@@ -59,7 +71,7 @@ class CertificationIn(Strict):
 class ParticipantIn(Strict):
     id: Name
     name: Name
-    email: Annotated[str, Field(pattern=r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$", max_length=320)]
+    email: Email
     locale: Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en"
 
 
@@ -84,7 +96,7 @@ class ConsentIn(Strict):
 
 class ReviewIn(Strict):
     rating: Annotated[StrictInt, Field(ge=1, le=5)]
-    text: Annotated[str, Field(max_length=5000)] | None = None
+    text: Annotated[str, Field(max_length=5000, pattern=FREE_TEXT)] | None = None
 
 
 class ActorIn(Strict):
@@ -97,7 +109,7 @@ class CertificateRecordIn(Strict):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     size: Annotated[StrictInt, Field(gt=0)]
     page_count: Annotated[StrictInt, Field(gt=0)]
-    file_name: Annotated[str, Field(min_length=1, max_length=255)]
+    file_name: Annotated[str, Field(min_length=1, max_length=255, pattern=ONE_LINE)]
     contains_results: StrictBool
     uploaded_by: ActorIn
 
@@ -256,6 +268,16 @@ def respond(response: Response, result: CommandResult) -> None:
 
 
 def wait_for_read_model(request: Request, summaries: BookingSummaries, position: int | None) -> None:
+    if position is None:
+        return
+    # A position past the last event was not handed out here; waiting for it would only time out.
+    written = get_app(request).recorder.max_notification_id() or 0
+    if position > written:
+        raise Invalid(
+            f"{MIN_POSITION_HEADER} {position} is past the last event ({written}); send back an "
+            f"{POSITION_HEADER} this service returned.",
+            code="invalid_min_position",
+        )
     timeout = request.app.state.settings.read_your_writes_timeout_s
     if not wait_for_position(summaries, BookingApplication.name, position, timeout):
         raise ServiceUnavailable(
@@ -269,7 +291,7 @@ def parse_if_match(if_match: str | None) -> int | None:
     if if_match is None:
         return None
     value = if_match.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise Invalid("If-Match must be a booking version, e.g. \"3\".", code="invalid_if_match")
     return int(value)
 

@@ -39,20 +39,35 @@ def decode_cursor(cursor: str, size: int) -> list[str]:
     return parts
 
 
+def decode_page_cursor(cursor: str) -> int:
+    """The position a page ends at; checked, since it goes into an SQL parameter."""
+    [position] = decode_cursor(cursor, 1)
+    if not (position.isascii() and position.isdigit() and int(position) < 2**63):
+        raise Invalid("The cursor is not one this service gave out.", code="invalid_cursor")
+    return int(position)
+
+
 class BookingSummaries(SqlView):
-    """One row per booking: what list and detail queries need, scoped by the indexed party columns."""
+    """One row per booking: what list and detail queries need, scoped by the indexed party columns.
+
+    Lists run in the order the requests were committed to the event store (`requested_position`,
+    the notification id of BookingRequested): a booking committed later always sorts after every
+    booking already visible, so a client paging through never misses one. Timestamps would not
+    do: they come from the clock of whichever instance ran the command, before the commit.
+    """
 
     tables = (
         "CREATE TABLE IF NOT EXISTS booking_summaries ("
         " booking_id TEXT PRIMARY KEY, product_id TEXT NOT NULL, provider_id TEXT NOT NULL,"
         " participant_id TEXT NOT NULL, employer_id TEXT, state TEXT NOT NULL, status TEXT NOT NULL,"
         " version INTEGER NOT NULL, participant TEXT NOT NULL, results_consent INTEGER NOT NULL,"
-        " review TEXT, certificate TEXT, requested_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS booking_summaries_order ON booking_summaries (requested_at, booking_id)",
-        "CREATE INDEX IF NOT EXISTS booking_summaries_provider ON booking_summaries (provider_id, requested_at)",
-        "CREATE INDEX IF NOT EXISTS booking_summaries_participant ON booking_summaries (participant_id, requested_at)",
-        "CREATE INDEX IF NOT EXISTS booking_summaries_employer ON booking_summaries (employer_id, requested_at)",
-        "CREATE INDEX IF NOT EXISTS booking_summaries_product ON booking_summaries (product_id, requested_at)",
+        " review TEXT, certificate TEXT, requested_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
+        " requested_position BIGINT NOT NULL UNIQUE)",
+        "CREATE INDEX IF NOT EXISTS booking_summaries_provider ON booking_summaries (provider_id, requested_position)",
+        "CREATE INDEX IF NOT EXISTS booking_summaries_participant"
+        " ON booking_summaries (participant_id, requested_position)",
+        "CREATE INDEX IF NOT EXISTS booking_summaries_employer ON booking_summaries (employer_id, requested_position)",
+        "CREATE INDEX IF NOT EXISTS booking_summaries_product ON booking_summaries (product_id, requested_position)",
     )
     table_names = ("booking_summaries",)
 
@@ -83,22 +98,21 @@ class BookingSummaries(SqlView):
         return self.fetch_one("SELECT * FROM booking_summaries WHERE booking_id = :id", {"id": booking_id})
 
     def page(self, *, filters: dict[str, str], cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-        """Keyset pagination in (requested_at, booking_id) order: stable while rows are added."""
+        """Keyset pagination in commit order: stable while rows are added."""
         clauses = [f"{column} = :{column}" for column in filters]
         params: dict[str, Any] = dict(filters)
         if cursor:
-            after_time, after_id = decode_cursor(cursor, 2)
-            clauses.append("(requested_at > :after_time OR (requested_at = :after_time AND booking_id > :after_id))")
-            params |= {"after_time": after_time, "after_id": after_id}
+            clauses.append("requested_position > :after")
+            params["after"] = decode_page_cursor(cursor)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.fetch_all(
-            f"SELECT * FROM booking_summaries {where} ORDER BY requested_at, booking_id LIMIT :limit",
+            f"SELECT * FROM booking_summaries {where} ORDER BY requested_position LIMIT :limit",
             params | {"limit": limit + 1},
         )
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
-            next_cursor = encode_cursor(rows[-1]["requested_at"], rows[-1]["booking_id"])
+            next_cursor = encode_cursor(str(rows[-1]["requested_position"]))
         return rows, next_cursor
 
 
@@ -129,6 +143,7 @@ class BookingSummaryProjection(Projection[BookingSummaries]):
                 "certificate": None,
                 "requested_at": iso(event.timestamp),
                 "updated_at": iso(event.timestamp),
+                "requested_position": tracking.notification_id,
             },
         )
 
@@ -179,9 +194,14 @@ class BookingSummaryProjection(Projection[BookingSummaries]):
             "file_name": event.file_name,
             "contains_results": event.contains_results,
             "certification_name": event.certification_name,
-            "issued_at": iso(event.timestamp),
+            "issued_at": iso(event.issued_at),
         }
         self._update(event, tracking, certificate=json.dumps(certificate))
+
+    @process_event.register(Booking.CertificateVisibilityChanged)
+    def _visibility_changed(self, event: Any, tracking: Tracking) -> None:
+        # Not summarised, but the version must follow: clients send it back in If-Match.
+        self._update(event, tracking)
 
     @process_event.register(Booking.CertificateRevoked)
     def _revoked(self, event: Any, tracking: Tracking) -> None:
