@@ -143,6 +143,7 @@ class SupervisedProjection:
         self._thread: threading.Thread | None = None
         self.restarts = 0
         self.running = threading.Event()
+        self._runner: BaseProjectionRunner[Any] | None = None
 
     def start(self) -> SupervisedProjection:
         self._thread = threading.Thread(target=self._supervise, name=f"projection-{self.spec.name}", daemon=True)
@@ -150,7 +151,7 @@ class SupervisedProjection:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -160,6 +161,9 @@ class SupervisedProjection:
 
     def request_stop(self) -> None:
         self._stop.set()
+        runner = self._runner
+        if runner is not None:
+            runner.stop()  # wakes run_forever() at once instead of at its next timeout
 
     def _supervise(self) -> None:
         env = eventsourcing_env(self.settings, self.spec.upstream.name, self.spec.name) | SMALL_POOL
@@ -196,10 +200,13 @@ class SupervisedProjection:
                     topics=projection.topics,
                     env=env,
                 )
+            self._runner = runner
             with runner:
                 self.running.set()
                 while not self._stop.is_set():
                     runner.run_forever(timeout=1.0)
+                    if self._stop.is_set():
+                        break
                     if runner.is_interrupted.is_set() or not alive():
                         msg = f"projection {self.spec.lease_name} lost its subscription or lease"
                         raise RuntimeError(msg)
@@ -207,6 +214,7 @@ class SupervisedProjection:
                         msg = "the view was reset (a rebuild began)"
                         raise StaleView(msg)
         finally:
+            self._runner = None
             view.datastore.close()
 
 

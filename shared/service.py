@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel, Field
 
 from shared.auth import TokenVerifier
 from shared.http import BodyLimitMiddleware, Observability, health_router, install_error_handlers
@@ -17,6 +18,22 @@ from shared.idempotency import IdempotencyMiddleware
 from shared.settings import ServiceSettings
 
 ReadinessChecks = dict[str, Callable[[], None]]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable error code")
+    message: str = Field(description="What went wrong and what to do, for people")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# Documents the one error format for every operation (and replaces FastAPI's own 422 schema).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "The request cannot be served as sent"},
+    "5XX": {"model": ErrorBody, "description": "A dependency is unavailable; retry later"},
+}
 
 # On SIGTERM uvicorn stops accepting, lets requests in flight finish for at most this long, then
 # runs the lifespan shutdown (workers stopped, pools closed). Below Kubernetes' 30 s grace period.
@@ -52,7 +69,7 @@ def create_service_app(
             readiness.update(checks)
             yield
 
-    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.settings = settings
     app.state.verifier = token_verifier(settings)
     app.state.observability = observability

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[3]
 @pytest.fixture
 def booking_settings(service_env: dict[str, Any]) -> BookingSettings:
     """The notifier reads the booking events, not the booking read models: no booking workers, small pools."""
-    return BookingSettings(**service_env, db_pool_size=1, run_workers=False)
+    return BookingSettings(**service_env | {"db_pool_size": 1, "run_workers": False})
 
 
 def test_an_smtp_outage_is_retried_with_backoff_and_the_mail_delivered_once(

@@ -24,7 +24,7 @@ from tests.fixtures.smtp import SmtpTestServer
 @pytest.fixture
 def booking_settings(service_env: dict[str, Any]) -> BookingSettings:
     """The notifier reads the booking events, not the booking read models: no booking workers, small pools."""
-    return BookingSettings(**service_env, db_pool_size=1, run_workers=False)
+    return BookingSettings(**service_env | {"db_pool_size": 1, "run_workers": False})
 
 
 def test_a_completed_booking_gets_one_review_reminder_in_the_participants_language(
