@@ -27,9 +27,11 @@ from eventsourcing.utils import Environment
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.errors import Invalid, ServiceUnavailable
 from shared.eventstore import eventsourcing_env
+from shared.http import MIN_POSITION_HEADER, POSITION_HEADER
 from shared.settings import ServiceSettings
-from shared.views import StaleView, SqlView, view_class_for
+from shared.views import SqlView, StaleView, view_class_for
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +280,28 @@ def wait_for_position(view: Any, application_name: str, position: int | None, ti
     except TimeoutError:
         return False
     return True
+
+
+def read_your_writes(
+    view: Any, upstream_events: ApplicationRecorder, application_name: str, position: int | None, timeout: float
+) -> None:
+    """Answers a GET with `X-Min-Position` only once `view` has processed that upstream position."""
+    if position is None:
+        return
+    # A position past the last event was never handed out; waiting for it would only time out.
+    written = upstream_events.max_notification_id() or 0
+    if position > written:
+        raise Invalid(
+            f"{MIN_POSITION_HEADER} {position} is past the last event ({written}); send back an "
+            f"{POSITION_HEADER} that a command returned.",
+            code="invalid_min_position",
+        )
+    if not wait_for_position(view, application_name, position, timeout):
+        raise ServiceUnavailable(
+            "The read model has not caught up with that position yet; retry shortly.",
+            code="read_model_behind",
+            headers={"Retry-After": "1"},
+        )
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,15 @@ import psycopg
 import psycopg_pool
 import structlog
 from eventsourcing.persistence import PersistenceError
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    generate_latest,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +34,10 @@ from shared.errors import AppError, DependencyDown, PayloadTooLarge, Unauthorize
 log = structlog.get_logger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+# Read-your-writes: commands answer with the position of their last event; a GET given that
+# position back waits until its read model has it.
+POSITION_HEADER = "X-Event-Position"
+MIN_POSITION_HEADER = "X-Min-Position"
 
 # Raised by the event store and read models when the database is down or a lock times out:
 # the client did nothing wrong and should retry, so 503, never 500.
@@ -105,6 +114,9 @@ def get_principal(request: Request) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+MinPosition = Annotated[
+    int | None, Header(alias=MIN_POSITION_HEADER, ge=0, description="Wait until the read model has this position")
+]
 
 
 class BodyLimitMiddleware:

@@ -11,16 +11,21 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from services.booking.application import BookingApplication, CommandResult
-from services.booking.domain import STATUS_LABELS, Actor, Booking, CertificateFile, Product, Provider, Status
+from services.booking.domain import (
+    STATUS_LABELS,
+    Actor,
+    Booking,
+    CertificateFile,
+    Product,
+    Provider,
+    Status,
+)
 from services.booking.projections import BookingSummaries
 from shared.auth import Principal, Role
-from shared.errors import Invalid, NotFound, ServiceUnavailable
-from shared.feed import wait_for_position
-from shared.http import CurrentPrincipal
+from shared.errors import Invalid, NotFound
+from shared.feed import read_your_writes
+from shared.http import POSITION_HEADER, CurrentPrincipal, MinPosition
 from shared.linkedin import add_to_profile_url
-
-POSITION_HEADER = "X-Event-Position"
-MIN_POSITION_HEADER = "X-Min-Position"
 
 # No control characters in stored text: PostgreSQL cannot hold NUL, and names end up in mail
 # headers, CSV and HTML. Free text (reasons, reviews) may have line breaks and tabs.
@@ -257,7 +262,6 @@ def get_summaries(request: Request) -> BookingSummaries:
 
 App = Annotated[BookingApplication, Depends(get_app)]
 Summaries = Annotated[BookingSummaries, Depends(get_summaries)]
-MinPosition = Annotated[int | None, Header(alias=MIN_POSITION_HEADER, ge=0, description="Wait until the read model has this position")]
 
 
 def respond(response: Response, result: CommandResult) -> None:
@@ -268,23 +272,13 @@ def respond(response: Response, result: CommandResult) -> None:
 
 
 def wait_for_read_model(request: Request, summaries: BookingSummaries, position: int | None) -> None:
-    if position is None:
-        return
-    # A position past the last event was not handed out here; waiting for it would only time out.
-    written = get_app(request).recorder.max_notification_id() or 0
-    if position > written:
-        raise Invalid(
-            f"{MIN_POSITION_HEADER} {position} is past the last event ({written}); send back an "
-            f"{POSITION_HEADER} this service returned.",
-            code="invalid_min_position",
-        )
-    timeout = request.app.state.settings.read_your_writes_timeout_s
-    if not wait_for_position(summaries, BookingApplication.name, position, timeout):
-        raise ServiceUnavailable(
-            "The read model has not caught up with that position yet; retry shortly.",
-            code="read_model_behind",
-            headers={"Retry-After": "1"},
-        )
+    read_your_writes(
+        summaries,
+        get_app(request).recorder,
+        BookingApplication.name,
+        position,
+        request.app.state.settings.read_your_writes_timeout_s,
+    )
 
 
 def parse_if_match(if_match: str | None) -> int | None:

@@ -8,30 +8,43 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from services.booking.application import BookingApplication
-from services.certificate.application import CertificateApplication, can_read_certificate
-from services.certificate.booking_gateway import POSITION_HEADER, BookingGateway
+from services.certificate.application import (
+    CertificateApplication,
+    can_read_certificate,
+)
+from services.certificate.booking_gateway import BookingGateway
 from services.certificate.multipart import read_upload_form
 from services.certificate.pdfcheck import PdfRejected
 from services.certificate.projections import CertificateRegistry, RegisteredCertificate
 from services.certificate.settings import CertificateSettings
-from services.certificate.storage import ObjectNotFound, ObjectStorage, StorageUnavailable, certificate_object_key
-from services.certificate.uploads import CertificateIssuer, IssuedCertificate, StorageDown, UploadRefused, sanitise_file_name
+from services.certificate.storage import (
+    ObjectNotFound,
+    ObjectStorage,
+    StorageUnavailable,
+    certificate_object_key,
+)
+from services.certificate.uploads import (
+    CertificateIssuer,
+    IssuedCertificate,
+    StorageDown,
+    UploadRefused,
+    sanitise_file_name,
+)
 from services.certificate.verification import linkedin_add_url
 from shared.auth import Principal, Role
-from shared.errors import Forbidden, Invalid, NotFound, ServiceUnavailable
-from shared.feed import wait_for_position
-from shared.http import CurrentPrincipal
+from shared.errors import Forbidden, NotFound
+from shared.feed import read_your_writes
+from shared.http import POSITION_HEADER, CurrentPrincipal, MinPosition
 
 log = logging.getLogger(__name__)
 
-MIN_POSITION_HEADER = "X-Min-Position"
 UPLOAD_PATH = "/v1/bookings/{booking_id}/certificate"
 FILE_FIELD = "file"
 
@@ -154,10 +167,6 @@ def get_gateway(request: Request) -> BookingGateway:
 
 Registry = Annotated[CertificateRegistry, Depends(get_registry)]
 Gateway = Annotated[BookingGateway, Depends(get_gateway)]
-MinPosition = Annotated[
-    int | None,
-    Header(alias=MIN_POSITION_HEADER, ge=0, description="Wait until the registry has this booking event position"),
-]
 
 
 def find_certificate(
@@ -173,23 +182,13 @@ def find_certificate(
 
 def wait_for_registry(request: Request, registry: CertificateRegistry, position: int | None) -> None:
     """Read-your-writes: `position` is an X-Event-Position the booking service returned."""
-    if position is None:
-        return
-    # A position past the last booking event was never handed out; waiting for it would only time out.
-    written = request.app.state.booking_events.max_notification_id() or 0
-    if position > written:
-        raise Invalid(
-            f"{MIN_POSITION_HEADER} {position} is past the last booking event ({written}); send back an "
-            f"{POSITION_HEADER} an upload, revocation or booking command returned.",
-            code="invalid_min_position",
-        )
-    timeout = request.app.state.settings.read_your_writes_timeout_s
-    if not wait_for_position(registry, BookingApplication.name, position, timeout):
-        raise ServiceUnavailable(
-            "The certificate registry has not caught up with that position yet; retry shortly.",
-            code="read_model_behind",
-            headers={"Retry-After": "1"},
-        )
+    read_your_writes(
+        registry,
+        request.app.state.booking_events,
+        BookingApplication.name,
+        position,
+        request.app.state.settings.read_your_writes_timeout_s,
+    )
 
 
 def set_position(response: Response, position: int | None) -> None:

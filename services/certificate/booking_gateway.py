@@ -18,11 +18,10 @@ import certifi
 import httpx
 
 from shared.errors import AppError, ServiceUnavailable
-from shared.http import request_id_headers
+from shared.http import POSITION_HEADER, request_id_headers
 
 log = logging.getLogger(__name__)
 
-POSITION_HEADER = "X-Event-Position"
 PASSED_ON_STATUSES = frozenset({403, 404, 409, 412, 422})
 
 

@@ -16,16 +16,21 @@ from starlette.concurrency import run_in_threadpool
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
-from services.certificate.api import FILE_FIELD, MinPosition, get_registry, wait_for_registry
+from services.certificate.api import FILE_FIELD, get_registry, wait_for_registry
 from services.certificate.multipart import read_upload_form
 from services.certificate.pdfcheck import PdfRejected
 from services.certificate.projections import RegisteredCertificate
 from services.certificate.settings import CertificateSettings
 from services.certificate.signing import AnswerSigner
 from services.certificate.uploads import CertificateIssuer, UploadRefused
-from services.certificate.verification import VerificationAnswer, canonical_certificate_id, verification_answer
+from services.certificate.verification import (
+    VerificationAnswer,
+    canonical_certificate_id,
+    verification_answer,
+)
 from services.certificate.verify_page import negotiate_locale, render_verify_page
 from shared.errors import Invalid
+from shared.http import MinPosition
 from shared.ratelimit import ClientRateLimit
 
 VERIFY_FILE_PATH = "/verify"

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
 from services.notifier.application import NotifierProcess
@@ -14,12 +14,9 @@ from services.notifier.domain import Notification, NotificationState
 from services.notifier.messages import MessageKind
 from services.notifier.projections import NotificationLog
 from shared.auth import Principal
-from shared.errors import Forbidden, NotFound, ServiceUnavailable
-from shared.feed import wait_for_position
-from shared.http import CurrentPrincipal
-
-POSITION_HEADER = "X-Event-Position"
-MIN_POSITION_HEADER = "X-Min-Position"
+from shared.errors import Forbidden, NotFound
+from shared.feed import read_your_writes
+from shared.http import POSITION_HEADER, CurrentPrincipal, MinPosition
 
 
 class NotificationOut(BaseModel):
@@ -100,21 +97,15 @@ def get_log(request: Request) -> NotificationLog:
 
 Process = Annotated[NotifierProcess, Depends(get_process)]
 Log = Annotated[NotificationLog, Depends(get_log)]
-MinPosition = Annotated[
-    int | None, Header(alias=MIN_POSITION_HEADER, ge=0, description="Wait until the read model has this position")
-]
 
 notifications = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
 
 def wait_for_read_model(request: Request, log: NotificationLog, position: int | None) -> None:
-    timeout = request.app.state.settings.read_your_writes_timeout_s
-    if not wait_for_position(log, NotifierProcess.name, position, timeout):
-        raise ServiceUnavailable(
-            "The read model has not caught up with that position yet; retry shortly.",
-            code="read_model_behind",
-            headers={"Retry-After": "1"},
-        )
+    process: NotifierProcess = request.app.state.notifier_process
+    read_your_writes(
+        log, process.recorder, NotifierProcess.name, position, request.app.state.settings.read_your_writes_timeout_s
+    )
 
 
 @notifications.get("", response_model=NotificationPage, summary="Notifications, oldest first (staff)")
