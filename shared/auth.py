@@ -60,6 +60,11 @@ class TokenVerifier:
         self._public_key = public_key
         self._jwks_url = jwks_url
 
+    @property
+    def may_block(self) -> bool:
+        """Verifying may fetch the key set over the network."""
+        return bool(self._jwks_url)
+
     @cached_property
     def _jwks_client(self) -> jwt.PyJWKClient:
         return jwt.PyJWKClient(self._jwks_url, cache_keys=True, timeout=5)

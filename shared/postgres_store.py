@@ -8,9 +8,10 @@ The library serialises inserts with a table lock held until COMMIT, so that noti
 commit in id order and a tailing projection never skips an event. The lock is held while the
 commit waits for its WAL flush: one flush per command, so about 1/fsync commands per second
 whatever the concurrency. Here, saves that arrive while a commit is in flight queue up, and the
-next commit takes all of them: one lock, one flush, many commands. Order is still kept, because
-each batch is one of the library's own locked inserts (unlike POSTGRES_ENABLE_DB_FUNCTIONS,
-whose insert takes no lock and lets ids commit out of order).
+next commit takes all of them: one lock, one flush, many commands. Order is still kept: each
+batch is one statement calling a function that takes the same table lock, held until that
+statement's commit (unlike POSTGRES_ENABLE_DB_FUNCTIONS, whose function takes no lock and
+lets ids commit out of order).
 
 A version conflict (two commands on one aggregate in one batch) fails the batch's transaction;
 its saves are then committed one by one, so only the conflicting one gets the IntegrityError
@@ -23,7 +24,13 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, StoredEvent, Subscription
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+    Subscription,
+)
 from eventsourcing.postgres import (
     PostgresApplicationRecorder,
     PostgresFactory,
@@ -31,8 +38,10 @@ from eventsourcing.postgres import (
     PostgresSubscription,
     PostgresTrackingRecorder,
 )
+from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
 
 from shared.subscriptions import BufferedSubscription
 
@@ -73,6 +82,35 @@ class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicatio
         self._queue: list[_PendingSave] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
+        # The library's locked insert, as one statement: the lock is held until the statement's own
+        # commit, so ids still commit in id order, and there is one round trip instead of the
+        # library's pipeline (whose waits keep the GIL busy while the commit is flushed).
+        self.locked_insert_function = f"{self.events_table_name}_insert_locked"
+        self.check_identifier_length(self.locked_insert_function)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{function}(events {schema}.{event}[]) "
+                "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
+                "BEGIN "
+                "SET LOCAL lock_timeout = '{lock_timeout}s'; "
+                "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
+                "NOTIFY {channel}; "
+                "RETURN QUERY INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+                "SELECT originator_id, originator_version, topic, state FROM unnest(events) "
+                "RETURNING notification_id; "
+                "END; $BODY$"
+            ).format(
+                schema=Identifier(self.datastore.schema),
+                function=Identifier(self.locked_insert_function),
+                event=Identifier(self.stored_event_type_name),
+                lock_timeout=self.datastore.lock_timeout,
+                table=Identifier(self.events_table_name),
+                channel=Identifier(self.channel_name),
+            )
+        )
+        self.sql_locked_insert = SQL("SELECT * FROM {schema}.{function}(%s)").format(
+            schema=Identifier(self.datastore.schema), function=Identifier(self.locked_insert_function)
+        )
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[Any]:
         """Lets a batching projection runner see what is already fetched (shared/feed.py)."""
@@ -95,9 +133,19 @@ class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicatio
             raise type(pending.error)(*pending.error.args) from pending.error
         return pending.ids
 
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _insert_locked(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+        events = [
+            self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
+            for e in stored_events
+        ]
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.sql_locked_insert, (events,), prepare=True)
+            return [row[self.locked_insert_function] for row in curs.fetchall()]
+
     def _commit(self, batch: list[_PendingSave]) -> None:
         try:
-            ids = super().insert_events([event for pending in batch for event in pending.events])
+            ids = self._insert_locked([event for pending in batch for event in pending.events])
         except IntegrityError as error:
             if len(batch) == 1:
                 self._settle(batch, error=error)

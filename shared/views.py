@@ -6,6 +6,7 @@ A view is written once, in portable SQL with `:name` parameters; `sqlite_view()`
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -25,6 +26,12 @@ from shared.settings import ServiceSettings
 SqlStoreT = TypeVar("SqlStoreT", bound="SqlStore")
 
 _NAMED_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=1024)
+def _pyformat(statement: str) -> str:
+    """`:name` → `%(name)s`; cached: a projection runs the same few statements for every event."""
+    return _NAMED_PARAM.sub(r"%(\1)s", statement)
 
 EPOCH_KEY = "__epoch__"
 """A row of every view's tracking table that counts its resets (rebuilds)."""
@@ -50,7 +57,7 @@ class SqlTables:
     def _sql(self, statement: str) -> str:
         """`:name` parameters as each driver wants them (view SQL holds no literal `%`)."""
         if self.dialect == "postgres":
-            return _NAMED_PARAM.sub(r"%(\1)s", statement)
+            return _pyformat(statement)
         return statement
 
     @contextmanager

@@ -45,6 +45,8 @@ def run_workers(
     for _, stop_extra in extra:
         stop_extra()
     for projection in projections:
+        projection.request_stop()  # all at once: each takes up to a second to notice
+    for projection in projections:
         projection.stop()
     for thread in threads:
         thread.join(timeout=30)

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.verification",
     "tests.fixtures.processes",
+    "tests.fixtures.drills",
 ]

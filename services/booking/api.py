@@ -260,8 +260,17 @@ def get_summaries(request: Request) -> BookingSummaries:
     return request.app.state.booking_summaries  # type: ignore[no-any-return]
 
 
-App = Annotated[BookingApplication, Depends(get_app)]
-Summaries = Annotated[BookingSummaries, Depends(get_summaries)]
+# The dependencies are async: FastAPI runs a sync dependency in the thread pool, a round trip per request.
+async def _app_dependency(request: Request) -> BookingApplication:
+    return get_app(request)
+
+
+async def _summaries_dependency(request: Request) -> BookingSummaries:
+    return get_summaries(request)
+
+
+App = Annotated[BookingApplication, Depends(_app_dependency)]
+Summaries = Annotated[BookingSummaries, Depends(_summaries_dependency)]
 
 
 def respond(response: Response, result: CommandResult) -> None:

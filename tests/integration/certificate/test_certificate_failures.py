@@ -108,6 +108,7 @@ def storage_drill(
         yield StorageDrill(client, object_storage(settings), s3.refusing_connections)
 
 
+@pytest.mark.drill
 def test_storage_down_means_503_and_no_event(certificate_scenario: CertificateScenario, storage_drill: StorageDrill) -> None:
     scenario = certificate_scenario
     party = scenario.provider()

@@ -38,6 +38,7 @@ def booking_settings(service_env: dict[str, Any]) -> BookingSettings:
     return BookingSettings(**service_env | {"db_pool_size": 1, "run_workers": False})
 
 
+@pytest.mark.drill
 def test_an_smtp_outage_is_retried_with_backoff_and_the_mail_delivered_once(
     bookings: BookingFlows, notifier_env: dict[str, Any], smtp_server: SmtpTestServer
 ) -> None:
