@@ -21,6 +21,7 @@ that the application answers by retrying its command.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +74,30 @@ class SerialisedSchemaChanges:
 
 
 class BufferedPostgresSubscription(BufferedSubscription, PostgresSubscription):
-    pass
+    """The library's subscription pulls once before its LISTEN is in place: an event committed in
+    between waits for the next notification, for good on a quiet upstream (seen: the audit of
+    certificate downloads stalled). So pull again once LISTEN is in place, and every
+    `RESWEEP_S` as a safety net against any notification lost on the way."""
+
+    def _listen(self) -> None:
+        try:
+            with self._recorder.datastore.get_connection() as conn:
+                conn.execute(SQL("LISTEN {0}").format(Identifier(self._recorder.channel_name)))
+                self._has_been_notified.set()
+                swept_at = time.monotonic()
+                while not self._has_been_stopped and not self._thread_error:
+                    for _ in conn.notifies(timeout=0.1, stop_after=1):
+                        self._has_been_notified.set()
+                    if time.monotonic() - swept_at >= RESWEEP_S:
+                        self._has_been_notified.set()
+                        swept_at = time.monotonic()
+        except BaseException as error:  # as the library's: the runner re-raises it and the supervisor restarts
+            if self._thread_error is None:
+                self._thread_error = error
+            self.stop()
+
+
+RESWEEP_S = 1.0
 
 
 class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicationRecorder):
@@ -171,7 +195,8 @@ class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicatio
 
 
 class SerialisedProcessRecorder(SerialisedSchemaChanges, PostgresProcessRecorder):
-    pass
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[Any]:
+        return BufferedPostgresSubscription(recorder=self, gt=gt, topics=topics)
 
 
 class SerialisedTrackingRecorder(SerialisedSchemaChanges, PostgresTrackingRecorder):
