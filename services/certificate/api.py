@@ -20,7 +20,7 @@ from services.certificate.application import (
     can_read_certificate,
 )
 from services.certificate.booking_gateway import BookingGateway
-from services.certificate.multipart import read_upload_form
+from services.certificate.multipart import UploadForm, read_upload_form
 from services.certificate.pdfcheck import PdfRejected
 from services.certificate.projections import CertificateRegistry, RegisteredCertificate
 from services.certificate.settings import CertificateSettings
@@ -180,6 +180,22 @@ def find_certificate(
     return certificate
 
 
+async def read_pdf_form(request: Request) -> UploadForm:
+    """The multipart form of an upload or a file check: the PDF spooled to disk under the size limit."""
+    settings: CertificateSettings = request.app.state.settings
+    try:
+        form = await read_upload_form(
+            request.headers.get("content-type", ""),
+            request.stream(),
+            file_field=FILE_FIELD,
+            spool_dir=settings.upload_spool_dir,
+            max_file_bytes=settings.max_upload_bytes,
+        )
+    except PdfRejected as rejection:
+        raise UploadRefused(rejection) from None
+    return form
+
+
 def wait_for_registry(request: Request, registry: CertificateRegistry, position: int | None) -> None:
     """Read-your-writes: `position` is an X-Event-Position the booking service returned."""
     read_your_writes(
@@ -226,19 +242,9 @@ async def upload_certificate(
     """Checks with the booking service before the body is read, then spools, inspects, stores and records."""
     if principal.role not in (Role.PROVIDER, Role.STAFF):
         raise Forbidden("Certificates are uploaded by the product's provider or by staff.")
-    settings: CertificateSettings = request.app.state.settings
     authorization = request.headers["authorization"]
     await gateway.check_upload(authorization, booking_id, contains_results=False)
-    try:
-        form = await read_upload_form(
-            request.headers.get("content-type", ""),
-            request.stream(),
-            file_field=FILE_FIELD,
-            spool_dir=settings.upload_spool_dir,
-            max_file_bytes=settings.max_upload_bytes,
-        )
-    except PdfRejected as rejection:
-        raise UploadRefused(rejection) from None
+    form = await read_pdf_form(request)
     with form.file:
         fields = parse_upload_fields(form.fields)
         if fields.contains_results:

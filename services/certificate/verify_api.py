@@ -16,13 +16,11 @@ from starlette.concurrency import run_in_threadpool
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
-from services.certificate.api import FILE_FIELD, get_registry, wait_for_registry
-from services.certificate.multipart import read_upload_form
-from services.certificate.pdfcheck import PdfRejected
+from services.certificate.api import FILE_FIELD, get_registry, read_pdf_form, wait_for_registry
 from services.certificate.projections import RegisteredCertificate
 from services.certificate.settings import CertificateSettings
 from services.certificate.signing import AnswerSigner
-from services.certificate.uploads import CertificateIssuer, UploadRefused
+from services.certificate.uploads import CertificateIssuer
 from services.certificate.verification import (
     VerificationAnswer,
     canonical_certificate_id,
@@ -146,17 +144,7 @@ VERIFY_FILE_REQUEST_BODY = {
 )
 async def verify_file(request: Request, min_position: MinPosition = None) -> JSONResponse:
     """Is this PDF exactly a certificate issued here? Same checks and limits as an upload; nothing is kept."""
-    settings: CertificateSettings = request.app.state.settings
-    try:
-        form = await read_upload_form(
-            request.headers.get("content-type", ""),
-            request.stream(),
-            file_field=FILE_FIELD,
-            spool_dir=settings.upload_spool_dir,
-            max_file_bytes=settings.max_upload_bytes,
-        )
-    except PdfRejected as rejection:
-        raise UploadRefused(rejection) from None
+    form = await read_pdf_form(request)
     with form.file:
         if form.fields:
             raise Invalid(f"Send only the PDF, in the form field '{FILE_FIELD}'.", code="unexpected_field")
