@@ -318,7 +318,7 @@ def test_event_position_lets_the_next_read_see_the_write(bookings: BookingFlows)
 
 def test_a_read_waits_for_a_lagging_read_model_then_says_retry(service_env: dict[str, Any], tokens: Tokens) -> None:
     # No projection runs here, so the read model never reaches the write.
-    settings = BookingSettings(**service_env, run_workers=False, read_your_writes_timeout_s=0.2)
+    settings = BookingSettings(**service_env | {"run_workers": False, "read_your_writes_timeout_s": 0.2})
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         staff = tokens("staff")
         written = client.post("/v1/providers", json={"name": "Kurs AB"}, headers=staff)
