@@ -8,8 +8,6 @@ until SIGTERM or SIGINT; then it finishes the mail in flight, records it, and ex
 from __future__ import annotations
 
 import argparse
-import signal
-from types import FrameType
 
 import structlog
 
@@ -17,29 +15,17 @@ from services.notifier import retry_dead
 from services.notifier.delivery import NotifierWorker
 from services.notifier.projections import NOTIFICATION_LOG
 from services.notifier.settings import NotifierSettings
-from shared.feed import SupervisedProjection
 from shared.http import configure_logging
 from shared.settings import load_settings
+from shared.worker import run_workers
 
 log = structlog.get_logger(__name__)
 
 
 def run(settings: NotifierSettings) -> None:
-    log_projection = SupervisedProjection(settings, NOTIFICATION_LOG).start()
     worker = NotifierWorker(settings)
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("notifier worker stopping", signal=signal.Signals(signum).name)
-        worker.request_stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     log.info("notifier worker started", mailer=repr(worker.mailer))
-    try:
-        worker.run_until_stopped()
-    finally:
-        log_projection.stop()
-    log.info("notifier worker stopped")
+    run_workers(settings, [NOTIFICATION_LOG], extra=[(worker.run_until_stopped, worker.request_stop)])
 
 
 def main(argv: list[str] | None = None) -> None:
