@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
 import jwt
+from starlette.concurrency import run_in_threadpool
 
 from shared.errors import Unauthorized
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 CLOCK_LEEWAY_S = 30
+# Verified tokens remembered (until they expire): a client sends the same token with every request.
+VERIFIED_TOKENS_REMEMBERED = 4096
 
 
 class Role(StrEnum):
@@ -49,34 +54,83 @@ class Principal:
         return self.role in (Role.STAFF, Role.SERVICE)
 
 
-class TokenVerifier:
-    """Verifies bearer tokens against the configured key material."""
+class VerifiedTokens:
+    """Principals of tokens that verified, each until its token expires; the least recently used
+    are forgotten first. Looking a token up never verifies it (so never blocks on a key fetch)."""
 
-    def __init__(self, *, secret: str = "", public_key: str = "", jwks_url: str = ""):
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> tuple[Principal, float] | None:
+        """The principal and the time (epoch seconds) from which the token counts as expired."""
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is not None:
+                self._entries.move_to_end(token)
+            return entry
+
+    def put(self, token: str, principal: Principal, expires_at: float) -> None:
+        with self._lock:
+            self._entries[token] = (principal, expires_at)
+            self._entries.move_to_end(token)
+            if len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against the configured key material.
+
+    A token that verified once is remembered until it expires: checking its signature again
+    would give the same answer (a JWT is not revoked before its `exp`), and the check costs more
+    CPU than the rest of a small request. Tokens that fail are not remembered.
+    """
+
+    def __init__(
+        self, *, secret: str = "", public_key: str = "", jwks_url: str = "", remember: int = VERIFIED_TOKENS_REMEMBERED
+    ):
         if not (secret or public_key or jwks_url):
             msg = "AUTH_SECRET, AUTH_PUBLIC_KEY or AUTH_JWKS_URL must be set"
             raise ValueError(msg)
         self._secret = secret
         self._public_key = public_key
         self._jwks_url = jwks_url
+        self._verified = VerifiedTokens(remember)
 
     @property
     def may_block(self) -> bool:
         """Verifying may fetch the key set over the network."""
         return bool(self._jwks_url)
 
+    async def verify_on_loop(self, token: str) -> Principal:
+        """`verify` for the event loop: a check that may fetch keys over the network (JWKS) runs in
+        the thread pool, unless the token was verified before."""
+        if self.may_block and self._verified.get(token) is None:
+            return await run_in_threadpool(self.verify, token)
+        return self.verify(token)
+
     @cached_property
     def _jwks_client(self) -> jwt.PyJWKClient:
         return jwt.PyJWKClient(self._jwks_url, cache_keys=True, timeout=5)
 
     def verify(self, token: str) -> Principal:
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            principal, expires_at = remembered
+            if time.time() < expires_at:
+                return principal
+            raise _expired()
         try:
             claims = self._decode(token)
         except jwt.ExpiredSignatureError:
-            raise Unauthorized("The token has expired.", code="token_expired") from None
+            raise _expired() from None
         except (jwt.InvalidTokenError, jwt.PyJWKClientError):
             raise Unauthorized("The token is not valid.", code="token_invalid") from None
-        return principal_from_claims(claims)
+        principal = principal_from_claims(claims)
+        # PyJWT's rule: expired once `exp <= now - leeway`; `exp` is a number once decoded.
+        self._verified.put(token, principal, float(claims["exp"]) + CLOCK_LEEWAY_S)
+        return principal
 
     def _decode(self, token: str) -> dict[str, Any]:
         options = {"require": ["sub", "role", "exp"]}
@@ -88,6 +142,10 @@ class TokenVerifier:
                 token, self._public_key, algorithms=ASYMMETRIC_ALGORITHMS, options=options, leeway=CLOCK_LEEWAY_S
             )
         return jwt.decode(token, self._secret, algorithms=["HS256"], options=options, leeway=CLOCK_LEEWAY_S)
+
+
+def _expired() -> Unauthorized:
+    return Unauthorized("The token has expired.", code="token_expired")
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:

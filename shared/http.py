@@ -26,7 +26,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,6 +35,7 @@ from shared.errors import AppError, DependencyDown, PayloadTooLarge, Unauthorize
 log = structlog.get_logger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()
 # Read-your-writes: commands answer with the position of their last event; a GET given that
 # position back waits until its read model has it.
 POSITION_HEADER = "X-Event-Position"
@@ -77,6 +77,12 @@ def _describe_validation(error: RequestValidationError) -> str:
     return "; ".join(problems)
 
 
+def unavailable_response(error: Exception) -> JSONResponse:
+    """The answer to one of STORE_UNAVAILABLE_ERRORS."""
+    log.warning("dependency unavailable", error=type(error).__name__)
+    return error_response(503, "unavailable", "A storage dependency is unavailable; retry shortly.", {"Retry-After": "1"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """One error format for everything: domain errors, validation, unknown routes."""
 
@@ -94,10 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error.status_code, code, str(error.detail), dict(error.headers or {}))
 
     async def store_unavailable(_: Request, error: Exception) -> JSONResponse:
-        log.warning("dependency unavailable", error=type(error).__name__)
-        return error_response(
-            503, "unavailable", "A storage dependency is unavailable; retry shortly.", {"Retry-After": "1"}
-        )
+        return unavailable_response(error)
 
     for unavailable in STORE_UNAVAILABLE_ERRORS:
         app.add_exception_handler(unavailable, store_unavailable)
@@ -107,22 +110,28 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def get_principal(request: Request) -> Principal:
-    """On the event loop (a sync dependency costs a thread-pool round trip per request), unless
-    checking the token may fetch keys over the network (JWKS)."""
+    """Async: a sync dependency costs a thread-pool round trip per request."""
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("A bearer token is required.", code="token_missing", headers={"WWW-Authenticate": "Bearer"})
     verifier: TokenVerifier = request.app.state.verifier
-    if verifier.may_block:
-        return await run_in_threadpool(verifier.verify, token.strip())
-    return verifier.verify(token.strip())
+    return await verifier.verify_on_loop(token)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 MinPosition = Annotated[
     int | None, Header(alias=MIN_POSITION_HEADER, ge=0, description="Wait until the read model has this position")
 ]
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (`name` in lower case, as ASGI gives names)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
 
 
 class BodyLimitMiddleware:
@@ -137,7 +146,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(scope, receive, send, limit)
             return
@@ -172,14 +181,24 @@ class Observability:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        # The histogram of each (method, route, status): `labels()` validates and locks on every call.
+        self._latency_of: dict[tuple[str, str, int], Any] = {}
+
+    def _observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        histogram = self._latency_of.get((method, route, status))
+        if histogram is None:
+            histogram = self._latency_of[method, route, status] = self.latency.labels(
+                self.service, method, route, str(status)
+            )
+        histogram.observe(seconds)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         async def observed(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
-            headers = dict(scope["headers"])
-            request_id = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")[:100] or uuid.uuid4().hex
+            given_id = header(scope, REQUEST_ID_HEADER_BYTES)
+            request_id = given_id.decode("latin-1")[:100] if given_id else uuid.uuid4().hex
             structlog.contextvars.bind_contextvars(request_id=request_id)
             status = 500
             started = time.perf_counter()
@@ -188,8 +207,7 @@ class Observability:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                    message.setdefault("headers", [])
-                    message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
+                    message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER_BYTES, request_id.encode())]
                 await send(message)
 
             try:
@@ -197,7 +215,7 @@ class Observability:
             finally:
                 elapsed = time.perf_counter() - started
                 route = getattr(scope.get("route"), "path", "unmatched")
-                self.latency.labels(self.service, scope["method"], route, str(status)).observe(elapsed)
+                self._observe(scope["method"], route, status, elapsed)
                 log.info(
                     "request",
                     method=scope["method"],
@@ -217,8 +235,8 @@ READINESS_TIMEOUT_S = 2.0
 class ReadinessProbe:
     """Runs the readiness checks in parallel and answers within READINESS_TIMEOUT_S.
 
-    A check can hang far longer than a probe waits: with PostgreSQL stopped, the event store retries
-    each call ten times, each waiting for a connection, close to a minute in all. Such a check counts
+    A check can hang far longer than a probe waits: with PostgreSQL stopped, a store's call waits for
+    a pooled connection, and the library retries some calls ten times over. Such a check counts
     as failing; it keeps running in a background thread, and later probes wait for that same run
     instead of starting another, so an outage costs one thread per check, not one per probe.
     """

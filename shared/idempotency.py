@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import TokenVerifier
 from shared.errors import AppError, Conflict, Invalid
+from shared.http import STORE_UNAVAILABLE_ERRORS, header, unavailable_response
 from shared.views import SqlStore
+
+log = structlog.get_logger(__name__)
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 200
@@ -29,6 +35,7 @@ MAX_HASHED_BODY = 1 << 20
 
 
 class IdempotencyStore(SqlStore):
+    # `claim` names the request that holds a pending key (a fresh token per request).
     tables = (
         "CREATE TABLE IF NOT EXISTS idempotency_keys ("
         " scope_key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status_code INTEGER,"
@@ -39,12 +46,13 @@ class IdempotencyStore(SqlStore):
         """Claims the key; returns the stored answer if the request already ran."""
         now = datetime.now(UTC)
         claim = uuid4().hex
-        with self._cursor(commit=True) as cursor:
+        with self._autocommit_cursor() as cursor:
             self.execute(
                 cursor,
                 "INSERT INTO idempotency_keys (scope_key, fingerprint, started_at, claim) VALUES (:k, :f, :t, :c) "
                 "ON CONFLICT (scope_key) DO UPDATE SET fingerprint = :f, started_at = :t, claim = :c "
-                "WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.started_at < :stale",
+                "WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.started_at < :stale "
+                "RETURNING scope_key",
                 {
                     "k": scope_key,
                     "f": fingerprint,
@@ -53,24 +61,25 @@ class IdempotencyStore(SqlStore):
                     "stale": (now - PENDING_TAKEOVER).isoformat(),
                 },
             )
+            if cursor.fetchone() is not None:  # a new key, or one whose request died (taken over): ours to run
+                return None
             self.execute(cursor, "SELECT * FROM idempotency_keys WHERE scope_key = :k", {"k": scope_key})
-            row = dict(cursor.fetchone())
-        if row["fingerprint"] != fingerprint:
+            found = cursor.fetchone()
+        row = dict(found) if found is not None else None  # None: released meanwhile by a failed first request
+        if row is not None and row["fingerprint"] != fingerprint:
             raise Invalid(
                 "This Idempotency-Key was used for a different request; use a new key.",
                 code="idempotency_key_reused",
             )
-        if row["status_code"] is None:
-            if row["claim"] != claim:
-                raise Conflict(
-                    "A request with this Idempotency-Key is still being processed; retry shortly.",
-                    code="idempotency_in_progress",
-                )
-            return None
+        if row is None or row["status_code"] is None:
+            raise Conflict(
+                "A request with this Idempotency-Key is still being processed; retry shortly.",
+                code="idempotency_in_progress",
+            )
         return row
 
     def complete(self, scope_key: str, status_code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        with self._cursor(commit=True) as cursor:
+        with self._autocommit_cursor() as cursor:
             self.execute(
                 cursor,
                 "UPDATE idempotency_keys SET status_code = :s, headers = :h, body = :b WHERE scope_key = :k",
@@ -84,8 +93,18 @@ class IdempotencyStore(SqlStore):
 
     def release(self, scope_key: str) -> None:
         """The request failed on our side (5xx): let a retry run it again."""
-        with self._cursor(commit=True) as cursor:
+        with self._autocommit_cursor() as cursor:
             self.execute(cursor, "DELETE FROM idempotency_keys WHERE scope_key = :k AND status_code IS NULL", {"k": scope_key})
+
+    @contextmanager
+    def _autocommit_cursor(self) -> Iterator[Any]:
+        """Each statement commits by itself: on PostgreSQL, no round trips for BEGIN and COMMIT."""
+        if self.dialect == "postgres":
+            with self.datastore.get_connection() as connection, connection.cursor() as cursor:
+                yield cursor
+        else:
+            with self._cursor(commit=True) as cursor:
+                yield cursor
 
 
 class IdempotencyMiddleware:
@@ -102,21 +121,26 @@ class IdempotencyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
-        key = headers.get(HEADER)
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        key = header(scope, HEADER)
+        authorization = header(scope, b"authorization") or b""
         # Without a bearer token there is no caller to scope the key by: public endpoints have no
         # side effects, and protected ones answer 401 by themselves.
-        anonymous = not headers.get(b"authorization", b"").lower().startswith(b"bearer ")
-        if key is None or anonymous or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if key is None or not authorization.lower().startswith(b"bearer "):
             await self.app(scope, receive, send)
             return
         state = scope["app"].state
         store: IdempotencyStore = state.idempotency
         try:
-            scope_key, receive, fingerprint = await self._identify(state.verifier, scope, receive, headers, key)
+            scope_key, receive, fingerprint = await self._identify(state.verifier, authorization, scope, receive, key)
             stored = await run_in_threadpool(store.begin, scope_key, fingerprint)
         except AppError as error:
             await _send_error(send, error)
+            return
+        except STORE_UNAVAILABLE_ERRORS as error:  # out here, the app's exception handlers do not apply
+            await unavailable_response(error)(scope, receive, send)
             return
         if stored is not None:
             await _replay(send, stored)
@@ -124,19 +148,18 @@ class IdempotencyMiddleware:
         await self._run_and_store(store, scope, receive, send, scope_key)
 
     async def _identify(
-        self, verifier: TokenVerifier, scope: Scope, receive: Receive, headers: dict[bytes, bytes], key: bytes
+        self, verifier: TokenVerifier, authorization: bytes, scope: Scope, receive: Receive, key: bytes
     ) -> tuple[str, Receive, str]:
         text_key = key.decode("latin-1").strip()
         if not text_key or len(text_key) > MAX_KEY_LENGTH:
             raise Invalid(f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.", code="invalid_idempotency_key")
-        authorization = headers[b"authorization"].decode("latin-1")
-        caller = verifier.verify(authorization[7:].strip()).sub
-        declared_length = headers.get(b"content-length", b"0")
+        caller = (await verifier.verify_on_loop(authorization[7:].decode("latin-1").strip())).sub
+        declared_length = header(scope, b"content-length") or b"0"
         length = int(declared_length) if declared_length.isdigit() else MAX_HASHED_BODY + 1
         digest = hashlib.sha256(f"{scope['method']} {scope['path']}?{scope.get('query_string', b'').decode()}".encode())
         if length <= MAX_HASHED_BODY:
             body = await _read_body(receive)
-            digest.update(_without_multipart_boundary(body, headers.get(b"content-type", b"")))
+            digest.update(_without_multipart_boundary(body, header(scope, b"content-type") or b""))
             receive = _replaying(body)
         else:
             digest.update(f"length={length}".encode())
@@ -161,12 +184,16 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, capture)
         finally:
             status = start.get("status", 500)
-            if status >= 500:
-                await run_in_threadpool(store.release, scope_key)
-            else:
-                await run_in_threadpool(
-                    store.complete, scope_key, status, list(start.get("headers", [])), b"".join(chunks)
-                )
+            try:
+                if status >= 500:
+                    await run_in_threadpool(store.release, scope_key)
+                else:
+                    await run_in_threadpool(
+                        store.complete, scope_key, status, list(start.get("headers", [])), b"".join(chunks)
+                    )
+            except STORE_UNAVAILABLE_ERRORS as error:
+                # The answer is sent; the key stays pending (a retry gets 409) until PENDING_TAKEOVER.
+                log.warning("idempotency key left pending", error=type(error).__name__, status=status)
 
 
 def _without_multipart_boundary(body: bytes, content_type: bytes) -> bytes:

@@ -16,19 +16,26 @@ lets ids commit out of order).
 A version conflict (two commands on one aggregate in one batch) fails the batch's transaction;
 its saves are then committed one by one, so only the conflicting one gets the IntegrityError
 that the application answers by retrying its command.
+
+The event store's calls fail fast when the database is down (see `reconnecting`), and check
+pooled connections only after one was found dead, instead of with a round trip before each use
+(POSTGRES_PRE_PING, which shared/eventstore.py leaves off for event stores).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+from uuid import UUID
 
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
     OperationalError,
+    PersistenceError,
     StoredEvent,
     Subscription,
 )
@@ -39,10 +46,10 @@ from eventsourcing.postgres import (
     PostgresSubscription,
     PostgresTrackingRecorder,
 )
-from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composable, Identifier
+from psycopg_pool import PoolTimeout
 
 from shared.subscriptions import BufferedSubscription
 
@@ -99,6 +106,42 @@ class BufferedPostgresSubscription(BufferedSubscription, PostgresSubscription):
 
 RESWEEP_S = 1.0
 
+RecorderCall = TypeVar("RecorderCall", bound=Callable[..., Any])
+
+
+def _connection_lost(error: PersistenceError) -> bool:
+    """The call failed because its connection had died (the server restarted, or ended the session),
+    not because no connection came within the pool's timeout (the database is unreachable) nor
+    because of the statement itself (a lock timeout, a conflict)."""
+    cause = error.__cause__
+    if isinstance(cause, PoolTimeout):
+        return False
+    sqlstate = getattr(cause, "sqlstate", None)
+    # None: lost on the client side; 08: connection exception; 57P0x: the server ended the session.
+    return sqlstate is None or sqlstate.startswith(("08", "57P"))
+
+
+def reconnecting(call: RecorderCall) -> RecorderCall:
+    """Runs a recorder call once more if its connection had died, after dropping every dead pooled
+    connection at once (after a restart, all of them are).
+
+    Instead of the library's retries (ten attempts, each waiting up to the pool's timeout for a
+    connection: close to a minute before a 503 while the database is down), a call that got no
+    connection within the pool's timeout fails at once, and so does the retry.
+    """
+
+    @functools.wraps(call)
+    def reconnecting_call(self: GroupCommitApplicationRecorder, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(self, *args, **kwargs)
+        except (InterfaceError, OperationalError) as error:
+            if not _connection_lost(error):
+                raise
+        self.datastore.pool.check()
+        return call(self, *args, **kwargs)
+
+    return cast(RecorderCall, reconnecting_call)
+
 
 class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -132,17 +175,62 @@ class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicatio
                 channel=Identifier(self.channel_name),
             )
         )
-        self.sql_locked_insert = SQL("SELECT * FROM {schema}.{function}(%s)").format(
-            schema=Identifier(self.datastore.schema), function=Identifier(self.locked_insert_function)
+        # Statements as bytes: psycopg renders a composed statement again on every execution. The
+        # events go in binary (%b): psycopg dumps a composite array as text in Python, escaping
+        # every byte, several times slower.
+        self.sql_locked_insert = _rendered(
+            SQL("SELECT * FROM {schema}.{function}(%b)").format(
+                schema=Identifier(self.datastore.schema), function=Identifier(self.locked_insert_function)
+            )
         )
+        # An aggregate's events, all of them (False) or after a version (True, a cached aggregate).
+        self.sql_select_aggregate_events = {
+            after_version: _rendered(
+                SQL(
+                    "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+                    "WHERE originator_id = %s{after} ORDER BY originator_version"
+                ).format(
+                    schema=Identifier(self.datastore.schema),
+                    table=Identifier(self.events_table_name),
+                    after=SQL(" AND originator_version > %s" if after_version else ""),
+                )
+            )
+            for after_version in (False, True)
+        }
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[Any]:
         """Lets a batching projection runner see what is already fetched (shared/feed.py)."""
         return BufferedPostgresSubscription(recorder=self, gt=gt, topics=topics)
 
+    @reconnecting
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        if lte is not None or desc or limit is not None:  # not an aggregate being loaded: the library's query
+            return super().select_events(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        params = (originator_id,) if gt is None else (originator_id, gt)
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.sql_select_aggregate_events[gt is not None], params, prepare=True)
+            return [
+                StoredEvent(row["originator_id"], row["originator_version"], row["topic"], bytes(row["state"]))
+                for row in curs.fetchall()
+            ]
+
+    @reconnecting
+    def max_notification_id(self) -> int | None:
+        return super().max_notification_id()
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        if not stored_events or kwargs.get("tracking") is not None:  # not a plain save: nothing to group
+        if kwargs.get("tracking") is not None:  # not a plain save: nothing to group
             return super().insert_events(stored_events, **kwargs)
+        if not stored_events:  # a command that changed nothing: no transaction to commit
+            return []
         pending = _PendingSave(stored_events)
         with self._queue_lock:
             self._queue.append(pending)
@@ -157,7 +245,7 @@ class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicatio
             raise type(pending.error)(*pending.error.args) from pending.error
         return pending.ids
 
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    @reconnecting
     def _insert_locked(self, stored_events: Sequence[StoredEvent]) -> list[int]:
         events = [
             self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
@@ -192,6 +280,10 @@ class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicatio
         for pending in batch:
             pending.error = error
             pending.done = True
+
+
+def _rendered(statement: Composable) -> bytes:
+    return statement.as_bytes(None)
 
 
 class SerialisedProcessRecorder(SerialisedSchemaChanges, PostgresProcessRecorder):

@@ -273,11 +273,20 @@ App = Annotated[BookingApplication, Depends(_app_dependency)]
 Summaries = Annotated[BookingSummaries, Depends(_summaries_dependency)]
 
 
-def respond(response: Response, result: CommandResult) -> None:
-    """Lets the client read its own write: pass this header back as X-Min-Position."""
+def model_response(body: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """`body` as JSON, serialised once. FastAPI would validate a returned model again against the
+    route's response_model (for a sync route, in a second thread-pool round trip); routes still
+    declare their response_model, which documents the body."""
+    return Response(body.model_dump_json(), status_code=status_code, media_type="application/json", headers=headers)
+
+
+def command_response(result: CommandResult, body: BaseModel, *, status_code: int = 200) -> Response:
+    """A command's answer. ETag: the version to send back as If-Match; X-Event-Position: the position
+    to send back as X-Min-Position, to read one's own write."""
+    headers = {"ETag": f'"{result.aggregate.version}"'}
     if result.position is not None:
-        response.headers[POSITION_HEADER] = str(result.position)
-    response.headers["ETag"] = f'"{result.aggregate.version}"'
+        headers[POSITION_HEADER] = str(result.position)
+    return model_response(body, status_code=status_code, headers=headers)
 
 
 def wait_for_read_model(request: Request, summaries: BookingSummaries, position: int | None) -> None:
@@ -308,7 +317,7 @@ internal = APIRouter(prefix="/internal/v1/bookings", tags=["internal"])
 
 
 @providers.post("", status_code=201, response_model=ProviderOut)
-def register_provider(body: ProviderIn, app: App, principal: CurrentPrincipal, response: Response) -> ProviderOut:
+def register_provider(body: ProviderIn, app: App, principal: CurrentPrincipal) -> Response:
     result = app.register_provider(
         principal,
         provider_id=body.provider_id,
@@ -316,45 +325,39 @@ def register_provider(body: ProviderIn, app: App, principal: CurrentPrincipal, r
         linkedin_organization_id=body.linkedin_organization_id,
         logo_url=body.logo_url,
     )
-    respond(response, result)
-    return ProviderOut.of(result.aggregate)
+    return command_response(result, ProviderOut.of(result.aggregate), status_code=201)
 
 
 @providers.put("/{provider_id}/linkedin", response_model=ProviderOut)
-def link_linkedin(provider_id: UUID, body: LinkedInIn, app: App, principal: CurrentPrincipal, response: Response) -> ProviderOut:
+def link_linkedin(provider_id: UUID, body: LinkedInIn, app: App, principal: CurrentPrincipal) -> Response:
     result = app.link_linkedin_page(principal, provider_id, body.organization_id)
-    respond(response, result)
-    return ProviderOut.of(result.aggregate)
+    return command_response(result, ProviderOut.of(result.aggregate))
 
 
 @providers.get("/{provider_id}", response_model=ProviderOut)
-def get_provider(provider_id: UUID, app: App, principal: CurrentPrincipal) -> ProviderOut:
-    return ProviderOut.of(app.get_provider(provider_id))
+def get_provider(provider_id: UUID, app: App, principal: CurrentPrincipal) -> Response:
+    return model_response(ProviderOut.of(app.get_provider(provider_id)))
 
 
 @products.post("", status_code=201, response_model=ProductOut)
-def register_product(body: ProductIn, app: App, principal: CurrentPrincipal, response: Response) -> ProductOut:
+def register_product(body: ProductIn, app: App, principal: CurrentPrincipal) -> Response:
     result = app.register_product(principal, product_id=body.product_id, provider_id=body.provider_id, title=body.title)
-    respond(response, result)
-    return ProductOut.of(result.aggregate)
+    return command_response(result, ProductOut.of(result.aggregate), status_code=201)
 
 
 @products.put("/{product_id}/certification", response_model=ProductOut)
-def define_certification(
-    product_id: UUID, body: CertificationIn, app: App, principal: CurrentPrincipal, response: Response
-) -> ProductOut:
+def define_certification(product_id: UUID, body: CertificationIn, app: App, principal: CurrentPrincipal) -> Response:
     result = app.define_certification(principal, product_id, body.name)
-    respond(response, result)
-    return ProductOut.of(result.aggregate)
+    return command_response(result, ProductOut.of(result.aggregate))
 
 
 @products.get("/{product_id}", response_model=ProductOut)
-def get_product(product_id: UUID, app: App, principal: CurrentPrincipal) -> ProductOut:
-    return ProductOut.of(app.get_product(product_id))
+def get_product(product_id: UUID, app: App, principal: CurrentPrincipal) -> Response:
+    return model_response(ProductOut.of(app.get_product(product_id)))
 
 
 @bookings.post("", status_code=201, response_model=BookingOut)
-def request_booking(body: BookingIn, app: App, principal: CurrentPrincipal, response: Response) -> BookingOut:
+def request_booking(body: BookingIn, app: App, principal: CurrentPrincipal) -> Response:
     result = app.request_booking(
         principal,
         booking_id=body.booking_id,
@@ -362,29 +365,25 @@ def request_booking(body: BookingIn, app: App, principal: CurrentPrincipal, resp
         participant=body.participant.model_dump(),
         employer_id=body.employer_id,
     )
-    respond(response, result)
-    return BookingOut.of(result.aggregate)
+    return command_response(result, BookingOut.of(result.aggregate), status_code=201)
 
 
 @bookings.post("/{booking_id}/accept", response_model=BookingOut)
-def accept(booking_id: UUID, app: App, principal: CurrentPrincipal, response: Response) -> BookingOut:
+def accept(booking_id: UUID, app: App, principal: CurrentPrincipal) -> Response:
     result = app.accept(principal, booking_id)
-    respond(response, result)
-    return BookingOut.of(result.aggregate)
+    return command_response(result, BookingOut.of(result.aggregate))
 
 
 @bookings.post("/{booking_id}/decline", response_model=BookingOut)
-def decline(booking_id: UUID, body: ReasonIn, app: App, principal: CurrentPrincipal, response: Response) -> BookingOut:
+def decline(booking_id: UUID, body: ReasonIn, app: App, principal: CurrentPrincipal) -> Response:
     result = app.decline(principal, booking_id, body.reason)
-    respond(response, result)
-    return BookingOut.of(result.aggregate)
+    return command_response(result, BookingOut.of(result.aggregate))
 
 
 @bookings.post("/{booking_id}/cancel", response_model=BookingOut)
-def cancel(booking_id: UUID, body: ReasonIn, app: App, principal: CurrentPrincipal, response: Response) -> BookingOut:
+def cancel(booking_id: UUID, body: ReasonIn, app: App, principal: CurrentPrincipal) -> Response:
     result = app.cancel(principal, booking_id, body.reason)
-    respond(response, result)
-    return BookingOut.of(result.aggregate)
+    return command_response(result, BookingOut.of(result.aggregate))
 
 
 @bookings.post(
@@ -397,32 +396,27 @@ def change_status(
     body: StatusIn,
     app: App,
     principal: CurrentPrincipal,
-    response: Response,
     if_match: Annotated[str | None, Header(max_length=40)] = None,
-) -> BookingOut:
+) -> Response:
     result = app.change_status(principal, booking_id, body.status, expected_version=parse_if_match(if_match))
-    respond(response, result)
-    return BookingOut.of(result.aggregate)
+    return command_response(result, BookingOut.of(result.aggregate))
 
 
 @bookings.post("/{booking_id}/consent", response_model=BookingOut)
-def consent(booking_id: UUID, body: ConsentIn, app: App, principal: CurrentPrincipal, response: Response) -> BookingOut:
+def consent(booking_id: UUID, body: ConsentIn, app: App, principal: CurrentPrincipal) -> Response:
     result = app.set_results_consent(principal, booking_id, given=body.given)
-    respond(response, result)
-    return BookingOut.of(result.aggregate)
+    return command_response(result, BookingOut.of(result.aggregate))
 
 
 @bookings.post("/{booking_id}/review", response_model=ReviewOut)
-def review(
-    request: Request, booking_id: UUID, body: ReviewIn, app: App, principal: CurrentPrincipal, response: Response
-) -> ReviewOut:
+def review(request: Request, booking_id: UUID, body: ReviewIn, app: App, principal: CurrentPrincipal) -> Response:
     result = app.submit_review(principal, booking_id, body.rating, body.text)
-    respond(response, result)
     booking: Booking = result.aggregate
-    return ReviewOut(
+    out = ReviewOut(
         **BookingOut.of(booking).model_dump(),
         linkedin_add_url=linkedin_add_url(app, booking, request.app.state.settings.certificate_url),
     )
+    return command_response(result, out)
 
 
 def linkedin_add_url(app: BookingApplication, booking: Booking, certificate_base_url: str) -> str | None:
@@ -444,12 +438,12 @@ def linkedin_add_url(app: BookingApplication, booking: Booking, certificate_base
 @bookings.get("/{booking_id}", response_model=BookingOut)
 def get_booking(
     request: Request, booking_id: UUID, principal: CurrentPrincipal, summaries: Summaries, min_position: MinPosition = None
-) -> BookingOut:
+) -> Response:
     wait_for_read_model(request, summaries, min_position)
     row = summaries.get(str(booking_id))
     if row is None or not row_visible_to(principal, row):
         raise NotFound("No such booking.")
-    return BookingOut.of_row(row)
+    return model_response(BookingOut.of_row(row))
 
 
 def row_visible_to(principal: Principal, row: dict[str, Any]) -> bool:
@@ -478,7 +472,7 @@ def list_bookings(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     min_position: MinPosition = None,
-) -> BookingPage:
+) -> Response:
     wait_for_read_model(request, summaries, min_position)
     filters = scope_filter(principal)
     if status is not None:
@@ -486,7 +480,7 @@ def list_bookings(
     if product_id is not None:
         filters["product_id"] = str(product_id)
     rows, next_cursor = summaries.page(filters=filters, cursor=cursor, limit=limit)
-    return BookingPage(items=[BookingOut.of_row(r) for r in rows], next_cursor=next_cursor)
+    return model_response(BookingPage(items=[BookingOut.of_row(r) for r in rows], next_cursor=next_cursor))
 
 
 # --- internal: called by the certificate service ----------------------------------------------
@@ -501,8 +495,8 @@ def check_certificate_upload(booking_id: UUID, body: UploadCheckIn, app: App, pr
 
 @internal.post("/{booking_id}/certificates", status_code=201, response_model=BookingOut)
 def record_certificate(
-    booking_id: UUID, body: CertificateRecordIn, app: App, principal: CurrentPrincipal, response: Response
-) -> BookingOut:
+    booking_id: UUID, body: CertificateRecordIn, app: App, principal: CurrentPrincipal
+) -> Response:
     """With a service token, once the file is stored: records CertificateUploaded."""
     certificate = CertificateFile(
         certificate_id=body.certificate_id,
@@ -514,23 +508,20 @@ def record_certificate(
     )
     actor = Actor(id=body.uploaded_by.id, role=body.uploaded_by.role)
     result = app.record_certificate_upload(principal, booking_id, certificate, on_behalf_of=actor)
-    respond(response, result)
-    return BookingOut.of(result.aggregate)
+    return command_response(result, BookingOut.of(result.aggregate), status_code=201)
 
 
 @internal.post("/{booking_id}/certificates/{certificate_id}/revoke", response_model=BookingOut)
 def revoke_certificate(
-    booking_id: UUID, certificate_id: UUID, body: ReasonIn, app: App, principal: CurrentPrincipal, response: Response
-) -> BookingOut:
+    booking_id: UUID, certificate_id: UUID, body: ReasonIn, app: App, principal: CurrentPrincipal
+) -> Response:
     result = app.revoke_certificate(principal, booking_id, certificate_id, body.reason)
-    respond(response, result)
-    return BookingOut.of(result.aggregate)
+    return command_response(result, BookingOut.of(result.aggregate))
 
 
 @internal.put("/{booking_id}/certificates/{certificate_id}/visibility", response_model=BookingOut)
 def change_visibility(
-    booking_id: UUID, certificate_id: UUID, body: VisibilityIn, app: App, principal: CurrentPrincipal, response: Response
-) -> BookingOut:
+    booking_id: UUID, certificate_id: UUID, body: VisibilityIn, app: App, principal: CurrentPrincipal
+) -> Response:
     result = app.change_certificate_visibility(principal, booking_id, certificate_id, public=body.public)
-    respond(response, result)
-    return BookingOut.of(result.aggregate)
+    return command_response(result, BookingOut.of(result.aggregate))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from services.booking.domain import Actor, Booking, CertificateFile, Product, Provider, Status
@@ -46,6 +47,15 @@ def can_see_booking(principal: Principal, booking: Booking) -> bool:
         case Role.EMPLOYER:
             return booking.employer_id is not None and principal.employer_id == booking.employer_id
     return False
+
+
+def project_aggregate(aggregate: Aggregate | None, events: Iterable[Aggregate.Event]) -> Aggregate | None:
+    """The library's default projector without its per-event `isinstance(event, CanMutateProtocol)`
+    assertion: a runtime Protocol check costs ~0.1 ms per event on Python 3.11, most of the CPU a
+    command spends on loading its aggregate."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 def may_manage_provider(principal: Principal, provider_id: UUID) -> bool:
@@ -276,7 +286,7 @@ class BookingApplication(Application[UUID]):
 
     def _get(self, aggregate_id: UUID, cls: type[AggregateT], what: str) -> AggregateT:
         try:
-            aggregate = self.repository.get(aggregate_id)
+            aggregate = self.repository.get(aggregate_id, projector_func=project_aggregate)
         except AggregateNotFoundError:
             raise NotFound(f"No such {what}.") from None
         if not isinstance(aggregate, cls):

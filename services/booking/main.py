@@ -40,14 +40,14 @@ def create_app(settings: BookingSettings) -> FastAPI:
         title="Booking service",
         description="Bookings, participation status, consent and reviews; audit trail for staff.",
         settings=settings,
-        routers=[api.providers, api.products, api.bookings, api.internal, audit_api.router],
+        routers=[api.bookings, api.providers, api.products, api.internal, audit_api.router],
         resources=lambda app: _resources(app, settings),
     )
 
 
 @contextmanager
 def _resources(app: FastAPI, settings: BookingSettings) -> Iterator[ReadinessChecks]:
-    booking_app = BookingApplication(env=eventsourcing_env(settings, BookingApplication.name))
+    booking_app = BookingApplication(env=eventsourcing_env(settings, BookingApplication.name, pre_ping=False))
     summaries = open_view(settings, BOOKING_SUMMARIES)
     audit_trail = open_view(settings, AUDIT_BOOKING, small_pool=True)  # staff queries only
     certificate_events = open_event_recorder(settings, AUDIT_CERTIFICATE.upstream)

@@ -60,7 +60,7 @@ def _library_status_ops(spec: dict[str, Any]) -> list[Callable[[], None]]:
         database_url=spec["database_url"], auth_secret="bench", data_dir=Path(tempfile.gettempdir())
     )
     # The schema exists; processes starting together would otherwise run into each other's DDL.
-    env = eventsourcing_env(settings, BookingApplication.name) | {"CREATE_TABLE": "false"}
+    env = eventsourcing_env(settings, BookingApplication.name, pre_ping=False) | {"CREATE_TABLE": "false"}
     if spec.get("persistence_module"):
         env["PERSISTENCE_MODULE"] = spec["persistence_module"]
     app = BookingApplication(env=env)

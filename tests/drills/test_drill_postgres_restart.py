@@ -4,7 +4,8 @@ The booking service runs on uvicorn over the private cluster; four clients, each
 its own, alternate status changes and reads. After ~2 s the cluster is stopped (`-m fast`) and
 started again ~2 s later. No answer may be a 500 or take longer than a few seconds; an answer given
 while the server is down must be a 503; within ~10 s of the restart every client must succeed
-again; and every change acknowledged with a 200 must be in the store.
+again; and every change acknowledged with a 200 must be in the store. While the cluster stays
+down, commands (with or without an Idempotency-Key) answer 503 within a few seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from services.booking.main import create_app
 from services.booking.settings import BookingSettings
+from shared.eventstore import POOL_TIMEOUT_S
 from tests.fixtures.booking import participant
 from tests.fixtures.drills import PrivateCluster
 from tests.fixtures.services import served
@@ -32,9 +34,11 @@ LOAD_BEFORE_S = 2.0
 OUTAGE_S = 2.0
 RECOVERY_BUDGET_S = 10.0
 # An answer slower than this counts as hanging. A request that meets the outage waits for a pooled
-# connection (POSTGRES_CONNECT_TIMEOUT, 5 s) and the library retries reads and inserts, so a 2 s
-# outage is mostly absorbed: such requests answer 200 once the server is back, or 503.
+# connection for up to POOL_TIMEOUT_S (2 s) per database call, then answers 503; one that meets the
+# restart finds its connection dead, and runs again on a fresh one.
 FAIL_FAST_S = 6.0
+# While the server is down, a command answers 503 within the pool's wait and a little more.
+DOWN_ANSWER_S = POOL_TIMEOUT_S + 1.5
 TARGETS = ("started", "completed")
 
 
@@ -151,6 +155,41 @@ def test_postgres_restart_under_load_fails_fast_recovers_and_loses_nothing(
         app = server.app.state.booking_app
         for client in clients:
             check_acknowledged_changes_are_stored(app, client)
+
+
+def test_commands_answer_503_within_seconds_while_postgres_is_down(
+    private_postgres: PrivateCluster, tmp_path: Path, tokens: Tokens
+) -> None:
+    settings = BookingSettings(
+        data_dir=tmp_path / "var",
+        auth_secret=AUTH_SECRET,
+        database_url=private_postgres.url,
+        db_pool_size=2,
+        run_workers=False,
+    )
+    with served(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        provider, booking_ids = make_bookings(http, tokens)
+        private_postgres.stop("fast")
+
+        def change(booking_id: str, status: str, key: str | None = None) -> tuple[int, float]:
+            headers = provider | ({"Idempotency-Key": key} if key else {})
+            started = time.monotonic()
+            response = http.post(f"/v1/bookings/{booking_id}/status", json={"status": status}, headers=headers)
+            return response.status_code, time.monotonic() - started
+
+        # The first finds its pooled connection dead, the next ones find no connection at all; a keyed
+        # command stops at the idempotency store.
+        attempts = zip(booking_ids[:3], ("started", "completed", "no_show"), (None, None, "k-1"), strict=True)
+        for booking_id, status, key in attempts:
+            code, elapsed = change(booking_id, status, key)
+            assert code == 503
+            assert elapsed < DOWN_ANSWER_S, f"a command took {elapsed:.1f} s to answer while the database was down"
+
+        private_postgres.start()
+        recovered_by = time.monotonic() + RECOVERY_BUDGET_S
+        while change(booking_ids[0], "started")[0] != 200:
+            assert time.monotonic() < recovered_by, f"no success within {RECOVERY_BUDGET_S}s after the restart"
+            time.sleep(0.2)
 
 
 def recovered(client: Client, up_at: float) -> bool:

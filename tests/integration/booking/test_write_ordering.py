@@ -25,7 +25,7 @@ from services.booking.projections import BOOKING_SUMMARIES, BookingSummaryProjec
 from services.booking.settings import BookingSettings
 from shared.auth import Principal, Role
 from shared.eventstore import eventsourcing_env
-from shared.feed import ProjectionSpec, SupervisedProjection, open_view
+from shared.feed import EventBatch, ProjectionSpec, SupervisedProjection, open_view
 from tests.fixtures.stores import AUTH_SECRET
 
 pytestmark = pytest.mark.postgres
@@ -43,9 +43,9 @@ class TailingSummaries(BookingSummaryProjection):
     name = BookingSummaryProjection.name
     positions: list[int] = []
 
-    def process_event(self, domain_event: Any, tracking: Any) -> None:
-        type(self).positions.append(tracking.notification_id)
-        super().process_event(domain_event, tracking)
+    def process_batch(self, events: EventBatch) -> None:
+        type(self).positions.extend(tracking.notification_id for _, tracking in events)
+        super().process_batch(events)
 
 
 def seed_bookings(app: BookingApplication) -> list[UUID]:

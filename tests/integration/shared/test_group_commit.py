@@ -135,3 +135,39 @@ def test_application_saves_are_grouped(postgres_url: str, tmp_path: Path) -> Non
         assert transactions_that_wrote(postgres_url) == 1
     finally:
         app.close()
+
+
+def end_every_other_session(url: str) -> int:
+    """What a server restart does to a pool: every connection it holds is dead."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_calls_survive_the_server_ending_every_pooled_connection(postgres_url: str, tmp_path: Path) -> None:
+    """No pre-ping: a call that finds its connection dead drops every dead one and runs again."""
+    settings = ServiceSettings(database_url=postgres_url, data_dir=tmp_path)
+    app = Counters(env=eventsourcing_env(settings, Counters.name, pre_ping=False))
+    try:
+        saved = Counter("saved")
+        app.save(saved)
+        for call in (
+            lambda: app.repository.get(saved.id).name,
+            lambda: app.save(Counter("inserted"))[0].notification.id,
+            app.recorder.max_notification_id,
+        ):
+            assert end_every_other_session(postgres_url) >= 1
+            assert call() in ("saved", 2)
+    finally:
+        app.close()
+
+
+def test_a_save_without_events_does_not_touch_the_database(recorder: GroupCommitApplicationRecorder) -> None:
+    """A command that changed nothing (e.g. a status set to what it is) costs no transaction."""
+    pool = recorder.datastore.pool
+    before = pool.get_stats().get("requests_num", 0)
+    assert recorder.insert_events([]) == []
+    assert pool.get_stats().get("requests_num", 0) == before
