@@ -10,19 +10,20 @@ instead of letting the worker stop. Positions and lag for operators and Promethe
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from eventsourcing.application import Application
-from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory
-from eventsourcing.projection import BaseProjectionRunner, Projection
+from eventsourcing.persistence import ApplicationRecorder, InfrastructureFactory, Tracking
+from eventsourcing.projection import ApplicationSubscription, BaseProjectionRunner, Projection
 from eventsourcing.utils import Environment
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -35,9 +36,37 @@ from shared.views import SqlView, StaleView, view_class_for
 
 log = logging.getLogger(__name__)
 
-# Runners starting together in one process create the same tables and functions (IF NOT EXISTS);
-# on PostgreSQL concurrent DDL fails ("tuple concurrently updated"), so they take turns.
-_table_creation = threading.Lock()
+SqlViewT = TypeVar("SqlViewT", bound=SqlView)
+
+TABLE_CREATION_LOCK = threading.Lock()
+"""Held around whatever may create tables in a worker process (opening a view, constructing a
+runner): runners starting together create the same tables and functions (IF NOT EXISTS), and on
+PostgreSQL concurrent DDL fails ("tuple concurrently updated"), so they take turns."""
+
+EventBatch = Sequence[tuple[Any, Tracking]]
+"""Events with their positions, in notification order, as a runner hands them to a projection."""
+
+
+class BatchProjection(Projection[SqlViewT]):
+    """A projection into a SqlView that may process the events fetched together as one set.
+
+    The runner calls `process_batch` with what its subscription has already fetched (up to
+    MAX_BATCH_EVENTS): a view can then read the rows the batch touches in one statement, fold the
+    events into them in memory and write them back in one statement, with the batch's position,
+    in one transaction.
+    """
+
+    def process_batch(self, events: EventBatch) -> None:
+        """Processes `events` and records the last one's position, atomically. By default event by
+        event (`process_event`), in one transaction."""
+        process_one_by_one(self, events)
+
+
+def process_one_by_one(projection: Projection[Any], events: EventBatch) -> None:
+    """`events` through the projection's `process_event`, in one transaction of its SqlView."""
+    with projection.view.batch(events[-1][1]):
+        for domain_event, tracking in events:
+            projection.process_event(domain_event, tracking)
 
 
 @dataclass(frozen=True)
@@ -63,10 +92,19 @@ class ProjectionSpec:
 # (plus a LISTEN connection), so they get the smallest pool; servers count connections.
 SMALL_POOL = {"POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "2"}
 
+# A runner's pools also skip the round trip that checks a pooled connection before each use: it
+# would be on the path of every event. A dead connection fails the runner, and the supervisor
+# restarts it with new pools.
+RUNNER_POOL = SMALL_POOL | {"POSTGRES_PRE_PING": "n"}
+
 
 def open_view(settings: ServiceSettings, spec: ProjectionSpec, *, small_pool: bool = False) -> Any:
     """The view of a projection, for queries (tables are created when missing)."""
-    env = Environment(spec.name, eventsourcing_env(settings, spec.name) | (SMALL_POOL if small_pool else {}))
+    return _open_view(settings, spec, SMALL_POOL if small_pool else {})
+
+
+def _open_view(settings: ServiceSettings, spec: ProjectionSpec, pool: Mapping[str, str]) -> Any:
+    env = Environment(spec.name, eventsourcing_env(settings, spec.name) | pool)
     return InfrastructureFactory.construct(env=env).tracking_recorder(view_class_for(settings, spec.view))
 
 
@@ -135,7 +173,11 @@ class Lease:
 
 
 class SupervisedProjection:
-    """Keeps one projection running in a background thread until stopped."""
+    """Keeps one projection running in a background thread until stopped.
+
+    `run_once` is the extension point: it runs while the lease is held, and whatever it raises
+    (or a reset of the view) makes the supervisor wait `restart_delay_s` and run it again.
+    """
 
     def __init__(self, settings: ServiceSettings, spec: ProjectionSpec, *, restart_delay_s: float = 1.0) -> None:
         self.settings = settings
@@ -146,6 +188,11 @@ class SupervisedProjection:
         self.restarts = 0
         self.running = threading.Event()
         self._runner: BaseProjectionRunner[Any] | None = None
+
+    @property
+    def stop_requested(self) -> threading.Event:
+        """Set once a stop was requested: `run_once` then returns soon (it may wait on this event)."""
+        return self._stop
 
     def start(self) -> SupervisedProjection:
         self._thread = threading.Thread(target=self._supervise, name=f"projection-{self.spec.name}", daemon=True)
@@ -168,7 +215,7 @@ class SupervisedProjection:
             runner.stop()  # wakes run_forever() at once instead of at its next timeout
 
     def _supervise(self) -> None:
-        env = eventsourcing_env(self.settings, self.spec.upstream.name, self.spec.name) | SMALL_POOL
+        env = eventsourcing_env(self.settings, self.spec.upstream.name, self.spec.name) | RUNNER_POOL
         lease = Lease(self.settings, self.spec.lease_name)
         while not self._stop.is_set():
             try:
@@ -177,7 +224,7 @@ class SupervisedProjection:
                         return
                     # Operators see which copy is the active consumer (the others wait for the lease).
                     log.info("projection %s holds its lease; running", self.spec.lease_name)
-                    self._run_once(env, alive)
+                    self.run_once(env, alive)
             except StaleView:
                 log.info("projection %s was reset; replaying from the start", self.spec.lease_name)
             except Exception:  # the runner re-raises whatever stopped its thread: log, back off, restart
@@ -187,14 +234,21 @@ class SupervisedProjection:
                 self.restarts += 1
                 self._stop.wait(self._restart_delay_s)
 
-    def _run_once(self, env: dict[str, str], alive: Any) -> None:
-        with _table_creation:
-            view = open_view(self.settings, self.spec, small_pool=True)
+    def run_once(self, env: dict[str, str], alive: Callable[[], bool]) -> None:
+        """Runs the projection until a stop is requested; raises when it must restart.
+
+        Called with the lease held, `env` (the library environment of the upstream and the view)
+        and `alive` (False once the lease is lost). Set `running` once running; take
+        TABLE_CREATION_LOCK around whatever may create tables. Subclasses may run something else
+        under the same lease and supervision (the notifier runs its process and sender).
+        """
+        with TABLE_CREATION_LOCK:
+            view = _open_view(self.settings, self.spec, RUNNER_POOL)
         try:
             # Read before the runner reads its start position: a reset after this makes every write fail.
             view.expected_epoch = view.epoch()
             projection = self.spec.projection(view=view)
-            with _table_creation:
+            with TABLE_CREATION_LOCK:
                 runner = BatchingProjectionRunner(
                     projection=projection,
                     application_class=self.spec.upstream,
@@ -220,26 +274,34 @@ class SupervisedProjection:
             view.datastore.close()
 
 
-# Events of one view transaction at most: a rebuild commits about once per subscription page.
 MAX_BATCH_EVENTS = 500
+"""Events of one view transaction at most: a rebuild commits about once per subscription page."""
 
 
 class BatchingProjectionRunner(BaseProjectionRunner[Any]):
-    """The library's runner, except that events already fetched commit together.
+    """The library's runner, except that the events already fetched are processed together.
 
-    One commit per event waits for one WAL flush per event: a rebuild or a burst of commands
-    would go at about one event per flush. Here the events the subscription has buffered join
-    the open transaction (`SqlView.batch`, up to MAX_BATCH_EVENTS), and the batch commits as soon
-    as nothing more is buffered, so a lone event is as quick as before. Rows and position still
-    commit together: exactly once.
+    One transaction per event waits for one WAL flush per event, and one statement per event
+    costs a round trip and its planning: a rebuild or a burst of commands would go at about one
+    event per flush. Here the runner takes the first event (waiting for it if need be), then
+    every event that the subscription has already fetched, up to MAX_BATCH_EVENTS, and hands
+    them to the projection at once (`BatchProjection.process_batch`), which commits them with the
+    last one's position: still exactly once. It waits for no more than is fetched, so a lone
+    event is processed as soon as it arrives.
     """
 
     @staticmethod
     def _process_events_loop(  # type: ignore[override]
         subscription: Any, projection: Any, is_stopping: threading.Event, runner: Any
     ) -> None:
+        process = (
+            projection.process_batch
+            if isinstance(projection, BatchProjection)
+            else functools.partial(process_one_by_one, projection)
+        )
         try:
-            _process_in_batches(subscription, projection)
+            for batch in fetched_batches(subscription):
+                process(batch)
         except BaseException as error:  # handed to the runner, which re-raises it (as the library's loop does)
             owner = runner()
             if owner is not None:
@@ -248,27 +310,20 @@ class BatchingProjectionRunner(BaseProjectionRunner[Any]):
             is_stopping.set()
 
 
-def _process_in_batches(subscription: Any, projection: Any) -> None:
-    ready = getattr(subscription.subscription, "has_ready", lambda: False)
-    for domain_event, tracking in subscription:
-        with projection.view.batch():
-            projection.process_event(domain_event, tracking)
-            stopped = _process_buffered(subscription, projection, ready)
-        if stopped:
-            return
-
-
-def _process_buffered(subscription: Any, projection: Any, ready: Callable[[], bool]) -> bool:
-    """Processes the events already fetched (up to the batch limit); True once the subscription stopped."""
-    for _ in range(MAX_BATCH_EVENTS - 1):
-        if not ready():
-            return False
-        try:
-            domain_event, tracking = next(subscription)
-        except StopIteration:
-            return True
-        projection.process_event(domain_event, tracking)
-    return False
+def fetched_batches(subscription: ApplicationSubscription[Any]) -> Iterator[list[tuple[Any, Tracking]]]:
+    """The events of an application subscription in batches: the next event (waiting for it),
+    then those already fetched, up to MAX_BATCH_EVENTS. Ends when the subscription stops."""
+    # Our subscriptions tell what is fetched (shared/subscriptions.py); any other gives batches of one.
+    ready: Callable[[], bool] = getattr(subscription.subscription, "has_ready", lambda: False)
+    for first in subscription:
+        batch = [first]
+        while len(batch) < MAX_BATCH_EVENTS and ready():
+            try:
+                batch.append(next(subscription))
+            except StopIteration:
+                yield batch
+                return
+        yield batch
 
 
 def wait_for_position(view: Any, application_name: str, position: int | None, timeout: float) -> bool:

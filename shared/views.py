@@ -7,12 +7,12 @@ A view is written once, in portable SQL with `:name` parameters; `sqlite_view()`
 from __future__ import annotations
 
 import functools
+import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from eventsourcing.persistence import Tracking, TrackingRecorder, WaitInterruptedError
@@ -65,8 +65,50 @@ class SqlTables:
         with self.datastore.transaction(commit=commit) as cursor:  # type: ignore[attr-defined]
             yield cursor
 
+    def reading_cursor(self, cursor: Any) -> Any:
+        """A cursor in the transaction of `cursor`, for a statement whose results are read: on
+        PostgreSQL a new one, since in a pipeline (see `SqlView.batch`) a cursor's results are
+        those of its last statement."""
+        return cursor.connection.cursor() if self.dialect == "postgres" else cursor
+
     def execute(self, cursor: Any, statement: str, params: Mapping[str, Any] | None = None) -> None:
         cursor.execute(self._sql(statement), dict(params or {}))
+
+    def fetch_where_in(self, cursor: Any, select: str, column: str, values: Collection[str]) -> list[dict[str, Any]]:
+        """The rows of `select` (which has no WHERE clause) whose `column` is one of `values`, in the
+        transaction of `cursor`: one statement, the same text whatever the number of values."""
+        if not values:
+            return []
+        reader = self.reading_cursor(cursor)
+        if self.dialect == "postgres":
+            reader.execute(f"{select} WHERE {column} = ANY(%(values)s)", {"values": list(values)})
+        else:
+            in_values = f"{column} IN (SELECT value FROM json_each(:values))"
+            reader.execute(f"{select} WHERE {in_values}", {"values": json.dumps(list(values))})
+        return [dict(row) for row in reader.fetchall()]
+
+    def insert_rows(
+        self, cursor: Any, table: str, rows: Sequence[Mapping[str, Any]], *, on_conflict: str = ""
+    ) -> None:
+        """Inserts `rows` (each a value by column, all with the same columns) in one statement, in
+        their order. `on_conflict` is an ON CONFLICT clause (`excluded.column`: the new value).
+
+        PostgreSQL gets the rows as one JSON parameter: cheaper to send than one statement per
+        row, and unlike COPY it runs in a pipeline. SQLite runs one statement per row, in C.
+        """
+        if not rows:
+            return
+        columns = ", ".join(rows[0])
+        if self.dialect == "postgres":
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {columns}"
+                f" FROM json_populate_recordset(NULL::{table}, CAST(%(rows)s AS json))"
+                f" WITH ORDINALITY ORDER BY ordinality {on_conflict}",
+                {"rows": json.dumps(rows)},
+            )
+        else:
+            values = ", ".join(f":{column}" for column in rows[0])
+            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({values}) {on_conflict}", rows)
 
     def fetch_all(self, statement: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._cursor(commit=False) as cursor:
@@ -82,79 +124,68 @@ class StaleView(Exception):
     """The view was reset (a rebuild began) after this runner started: it must restart from the beginning."""
 
 
-@dataclass
-class _Batch:
-    view: SqlView
-    cursor: Any
-    tracking: Tracking | None = None
-
-
-_open_batches = threading.local()  # the batch open in this thread (a runner's processing thread)
+_open_batches = threading.local()  # the view whose batch is open in this thread, and its cursor
 
 
 class SqlView(SqlTables):
     """Mixin for tracking recorders that keep a read model in tables of their own."""
 
     expected_epoch: int | None = None
-    """Set by a running projection: its writes then fail once the view is reset (see `record`)."""
-    _epoch_check_after_writes: ClassVar[bool]
+    """Set by a running projection: its writes then fail once the view is reset (see `batch`)."""
     _share_lock: ClassVar[str]
 
     def record(self, tracking: Tracking, write: Callable[[Any], None] | None = None) -> None:
-        """Applies `write` and records the tracking position atomically (exactly once).
+        """Applies `write` (given a cursor) and records the tracking position atomically (exactly once).
 
-        A runner that started before a reset must not write after it (its subscription would
-        skip what the reset asks to replay): the epoch check makes such a write fail instead.
-        Inside `batch()`, the write joins the batch's transaction.
+        Inside `batch()`, the write joins the batch's transaction, which records the batch's position.
         """
-        batch: _Batch | None = getattr(_open_batches, "batch", None)
-        if batch is not None and batch.view is self:
+        if getattr(_open_batches, "view", None) is self:
             if write is not None:
-                write(batch.cursor)
-            batch.tracking = tracking
+                write(_open_batches.cursor)
             return
-        with self._cursor(commit=True) as cursor:
-            if not self._epoch_check_after_writes:
-                self._check_epoch(cursor)
+        with self.batch(tracking) as cursor:
             if write is not None:
                 write(cursor)
-            self._insert_tracking(cursor, tracking)  # type: ignore[attr-defined]
-            if self._epoch_check_after_writes:
-                self._check_epoch(cursor)
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Records made inside commit together, with the last one's position: one transaction (and
-        one WAL flush) for many events, still exactly once. For a runner catching up."""
+    def batch(self, tracking: Tracking) -> Iterator[Any]:
+        """A transaction that records `tracking`, the position of the last of the events processed
+        in it, and yields its cursor; `record()` calls inside join it. One commit for many events,
+        still exactly once. On PostgreSQL its statements go out in a pipeline: read results on a
+        cursor of their own (`reading_cursor`).
+
+        A runner that started before a reset must not write after it (its subscription would
+        skip what the reset asks to replay): the epoch check makes such a transaction fail instead.
+        """
         with self._batch_cursor() as cursor:
-            if not self._epoch_check_after_writes:
-                self._check_epoch(cursor)
-            batch = _open_batches.batch = _Batch(self, cursor)
+            self._begin(cursor, tracking)
+            _open_batches.view, _open_batches.cursor = self, cursor
             try:
-                yield
+                yield cursor
             finally:
-                _open_batches.batch = None
-            if batch.tracking is not None:
-                self._insert_tracking(cursor, batch.tracking)  # type: ignore[attr-defined]
-                if self._epoch_check_after_writes:
-                    self._check_epoch(cursor)
+                _open_batches.view = _open_batches.cursor = None
 
     def _batch_cursor(self) -> AbstractContextManager[Any]:
         return self._cursor(commit=True)
+
+    def _begin(self, cursor: Any, tracking: Tracking) -> None:
+        """Checks the epoch and records the position, in the order the database needs (see the dialects)."""
+        raise NotImplementedError
 
     def epoch(self) -> int:
         """How many times the view was reset."""
         return self.max_tracking_id(EPOCH_KEY) or 0  # type: ignore[attr-defined,no-any-return]
 
-    def _check_epoch(self, cursor: Any) -> None:
-        if self.expected_epoch is None:
-            return
+    def _query_epoch(self, cursor: Any) -> None:
         cursor.execute(
             self._sql(
                 f"SELECT notification_id FROM {self._tracking_table()} WHERE application_name = :key{self._share_lock}"
             ),
             {"key": EPOCH_KEY},
         )
+
+    def _verify_epoch(self, cursor: Any) -> None:
+        """Raises StaleView unless the epoch read by `_query_epoch` on `cursor` is the expected one."""
         row = cursor.fetchone()
         if (row["notification_id"] if row else 0) != self.expected_epoch:
             msg = "the view was reset after this projection runner started"
@@ -175,8 +206,12 @@ class SqlView(SqlTables):
                 ),
                 {"key": EPOCH_KEY},
             )
-            for table in self.table_names:
-                cursor.execute(self._sql(f"DELETE FROM {table}"))
+            if self.dialect == "postgres":
+                # At once, where a DELETE takes seconds on a large view; readers wait for the commit.
+                cursor.execute(f"TRUNCATE {', '.join(self.table_names)}")
+            else:
+                for table in self.table_names:
+                    cursor.execute(f"DELETE FROM {table}")  # without WHERE, SQLite truncates
             for name in application_names:
                 cursor.execute(
                     self._sql(f"DELETE FROM {self._tracking_table()} WHERE application_name = :name"),
@@ -211,11 +246,17 @@ class SqlView(SqlTables):
 
 class _SQLiteBase(SqlView, SQLiteTrackingRecorder):
     dialect = "sqlite"
-    # After the first write the transaction holds the database's write lock, so no reset can
-    # commit between the check and the commit (a read first would pin an older snapshot). For the
-    # same reason no epoch row is written with the tables: a missing row reads as epoch 0.
-    _epoch_check_after_writes = True
     _share_lock = ""
+
+    def _begin(self, cursor: Any, tracking: Tracking) -> None:
+        # The position first: that write takes the database's write lock, so no other writer (a
+        # reset, the runner of another upstream) commits between this transaction's reads and its
+        # commit (a read first would pin a snapshot that a write then fails on). For the same
+        # reason no epoch row is written with the tables: a missing row reads as epoch 0.
+        self._insert_tracking(cursor, tracking)  # type: ignore[attr-defined]
+        if self.expected_epoch is not None:
+            self._query_epoch(cursor)
+            self._verify_epoch(cursor)
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *self.view_ddl()]
@@ -223,10 +264,6 @@ class _SQLiteBase(SqlView, SQLiteTrackingRecorder):
 
 class _PostgresBase(SqlView, SerialisedSchemaChanges, PostgresTrackingRecorder):
     dialect = "postgres"
-    # First, with a share lock on the epoch row: a reset (which updates that row first) waits
-    # for this transaction, or this one sees the new epoch. The row is made with the tables, so
-    # that there is always one to lock.
-    _epoch_check_after_writes = False
     _share_lock = " FOR SHARE"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -239,9 +276,27 @@ class _PostgresBase(SqlView, SerialisedSchemaChanges, PostgresTrackingRecorder):
 
     @contextmanager
     def _batch_cursor(self) -> Iterator[Any]:
-        # Pipeline mode: a batch's statements go out without waiting for each answer.
+        # Pipeline mode: statements go out without waiting for their results, so a batch waits
+        # only where it reads (on a cursor of its own: `reading_cursor`) and at its commit.
         with self.datastore.get_connection() as conn, conn.pipeline(), conn.transaction():  # type: ignore[attr-defined]
             yield conn.cursor()
+
+    def _begin(self, cursor: Any, tracking: Tracking) -> None:
+        # The commit does not wait for its WAL flush (the events' commits did): rows are visible
+        # at commit all the same, and a crash of the database may lose the last view
+        # transactions, but each with its position, so the runner replays their events.
+        cursor.execute("SET LOCAL synchronous_commit = off")
+        # The epoch first, with a share lock on its row: a reset (which updates that row first)
+        # waits for this transaction, or this one sees the new epoch. The row is made with the
+        # tables, so that there is always one to lock. In a pipeline, BEGIN, this check and the
+        # position take one round trip.
+        epoch = None
+        if self.expected_epoch is not None:
+            epoch = self.reading_cursor(cursor)
+            self._query_epoch(epoch)
+        self._insert_tracking(self.reading_cursor(cursor), tracking)  # type: ignore[attr-defined]
+        if epoch is not None:
+            self._verify_epoch(epoch)
 
 
 def sqlite_view(view: type[SqlView]) -> type[TrackingRecorder]:

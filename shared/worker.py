@@ -6,6 +6,7 @@ SIGTERM or SIGINT asks every projection to stop; each finishes the event it is p
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -35,6 +36,9 @@ def run_workers(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # What is imported by now lives as long as the process: out of the collector's sight, so that
+    # its full collections, which stop every runner, no longer walk it (100-300 ms under load).
+    gc.freeze()
     for projection in projections:
         projection.start()
     threads = [threading.Thread(target=run, name=f"worker-{i}", daemon=True) for i, (run, _) in enumerate(extra)]

@@ -10,17 +10,15 @@ Also here: a booking as it was at a given moment, rebuilt from its events.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import takewhile
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Tracking
-from eventsourcing.projection import Projection
 
 from services.booking.application import BookingApplication
 from services.booking.domain import Booking, Product, Provider
@@ -28,7 +26,7 @@ from services.booking.projections import decode_cursor, encode_cursor, iso
 from services.certificate.application import CertificateApplication
 from services.certificate.domain import CertificateAccessLog
 from shared.errors import Invalid, NotFound
-from shared.feed import ProjectionSpec
+from shared.feed import BatchProjection, EventBatch, ProjectionSpec
 from shared.views import SqlView
 
 
@@ -80,6 +78,8 @@ ENTRY_COLUMNS = (
     "summary",
 )
 
+INSERTED_COLUMNS = tuple(column for column in ENTRY_COLUMNS if column != "id")  # the table gives the id
+
 
 @dataclass(frozen=True)
 class AuditEntry:
@@ -99,10 +99,19 @@ class AuditEntry:
     certificate_id: str | None
     """For downloads: the booking is the one of this certificate's access log."""
 
+    def row(self, booking_id: str | None) -> dict[str, Any]:
+        """Its row of audit_entries (but the id), with `booking_id` (a download's is found in the table)."""
+        values = vars(self) | {"booking_id": booking_id}
+        return {column: values[column] for column in INSERTED_COLUMNS}
+
+
+_NO_DETAILS = _fields()
+_summary_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str).encode
+
 
 def audit_entry(event: Any, tracking: Tracking) -> AuditEntry:
     aggregate_type, _, event_type = type(event).__qualname__.rpartition(".")
-    summarise = SUMMARIES.get(type(event), _fields())
+    summarise = SUMMARIES.get(type(event), _NO_DETAILS)
     is_download = isinstance(event, CertificateAccessLog.CertificateDownloaded)
     return AuditEntry(
         source=tracking.application_name,
@@ -115,7 +124,7 @@ def audit_entry(event: Any, tracking: Tracking) -> AuditEntry:
         actor_id=getattr(event, "actor_id", None),
         actor_role=getattr(event, "actor_role", None),
         occurred_at=iso(event.timestamp),
-        summary=json.dumps(summarise(event), separators=(",", ":"), sort_keys=True, default=str),
+        summary=_summary_json(summarise(event)),
         certificate_id=str(event.originator_id) if is_download else None,
     )
 
@@ -160,38 +169,36 @@ class AuditTrail(SqlView):
 
     # --- writes (by the projection) ----------------------------------------------------------
 
-    def append(self, tracking: Tracking, entry: AuditEntry) -> None:
-        params = vars(entry)
-
-        def write(cursor: Any) -> None:
-            if self.dialect == "postgres":
+    def record_batch(self, tracking: Tracking, entries: Sequence[AuditEntry], certificates: Mapping[str, str]) -> None:
+        """Appends `entries` and remembers `certificates` (certificate id → booking id), with the
+        position `tracking`, in one transaction. A download's booking is its certificate's, as
+        remembered by then (in this batch or before)."""
+        with self.batch(tracking) as cursor:
+            self.insert_rows(
+                cursor,
+                "audit_certificates",
+                [{"certificate_id": c, "booking_id": b} for c, b in certificates.items()],
+                on_conflict="ON CONFLICT (certificate_id) DO NOTHING",
+            )
+            downloaded = {entry.certificate_id for entry in entries if entry.certificate_id is not None}
+            bookings = {
+                row["certificate_id"]: row["booking_id"]
+                for row in self.fetch_where_in(
+                    cursor, "SELECT certificate_id, booking_id FROM audit_certificates", "certificate_id", downloaded
+                )
+            }
+            if entries and self.dialect == "postgres":
                 # Two runners append here: ids must commit in id order, or a reader paging by id
                 # could pass an id whose row commits later. Plain reads do not wait for this lock.
                 cursor.execute("LOCK TABLE audit_entries IN EXCLUSIVE MODE")
-            # One statement (no read before the write): on SQLite a read first would pin a snapshot.
-            self.execute(
+            self.insert_rows(
                 cursor,
-                "INSERT INTO audit_entries (source, notification_id, event_type, aggregate_type, aggregate_id,"
-                " aggregate_version, booking_id, actor_id, actor_role, occurred_at, summary) VALUES ("
-                " :source, :notification_id, :event_type, :aggregate_type, :aggregate_id, :aggregate_version,"
-                " COALESCE(:booking_id,"
-                "  (SELECT booking_id FROM audit_certificates WHERE certificate_id = :certificate_id)),"
-                " :actor_id, :actor_role, :occurred_at, :summary)",
-                params,
+                "audit_entries",
+                [
+                    entry.row(entry.booking_id if entry.certificate_id is None else bookings.get(entry.certificate_id))
+                    for entry in entries
+                ],
             )
-
-        self.record(tracking, write)
-
-    def remember_certificate(self, tracking: Tracking, certificate_id: str, booking_id: str) -> None:
-        self.record(
-            tracking,
-            lambda cursor: self.execute(
-                cursor,
-                "INSERT INTO audit_certificates (certificate_id, booking_id) VALUES (:certificate_id, :booking_id)"
-                " ON CONFLICT (certificate_id) DO NOTHING",
-                {"certificate_id": certificate_id, "booking_id": booking_id},
-            ),
-        )
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -245,18 +252,26 @@ class AuditTrail(SqlView):
             after_id = rows[-1]["id"]
 
 
-class AuditProjection(Projection[AuditTrail]):
+class AuditProjection(BatchProjection[AuditTrail]):
+    """Each batch: its entries appended in one statement, with the batch's position."""
+
     name = "audit"
 
-    @singledispatchmethod
-    def process_event(self, domain_event: DomainEventProtocol[UUID], tracking: Tracking) -> None:
-        """Every event is an entry; one not in SUMMARIES still is, without details."""
-        self.view.append(tracking, audit_entry(domain_event, tracking))
+    def process_batch(self, events: EventBatch) -> None:
+        """Every event is an entry (one not in SUMMARIES too, without details), except the opening
+        of a certificate's access log: bookkeeping, not an action (the download that opened it is)."""
+        entries = []
+        certificates: dict[str, str] = {}
+        for event, tracking in events:
+            if isinstance(event, CertificateAccessLog.AccessLogOpened):
+                certificates.setdefault(str(event.originator_id), str(event.booking_id))
+            else:
+                entries.append(audit_entry(event, tracking))
+        self.view.record_batch(events[-1][1], entries, certificates)
 
-    @process_event.register(CertificateAccessLog.AccessLogOpened)
-    def _access_log_opened(self, event: Any, tracking: Tracking) -> None:
-        # Bookkeeping, not an action (the download that opened it is the entry).
-        self.view.remember_certificate(tracking, str(event.originator_id), str(event.booking_id))
+    def process_event(self, domain_event: DomainEventProtocol[UUID], tracking: Tracking) -> None:
+        """One event: a batch of one."""
+        self.process_batch([(domain_event, tracking)])
 
 
 AUDIT_BOOKING = ProjectionSpec(AuditProjection, AuditTrail, BookingApplication)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
+from functools import singledispatch
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Tracking
-from eventsourcing.projection import Projection
 
 from services.booking.application import BookingApplication
 from services.booking.domain import Booking
 from shared.errors import Invalid
-from shared.feed import ProjectionSpec
+from shared.feed import BatchProjection, EventBatch, ProjectionSpec
 from shared.views import SqlView
 
 
@@ -47,6 +47,22 @@ def decode_page_cursor(cursor: str) -> int:
     return int(position)
 
 
+Summary = dict[str, Any]
+"""A row of booking_summaries, by column."""
+
+SUMMARY_COLUMNS = (
+    "booking_id", "product_id", "provider_id", "participant_id", "employer_id", "state", "status", "version",
+    "participant", "results_consent", "review", "certificate", "requested_at", "updated_at", "requested_position",
+)  # fmt: skip
+
+# A summary is written whole; an older version never overwrites a newer one.
+_NEWER_VERSION_WINS = (
+    "ON CONFLICT (booking_id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in SUMMARY_COLUMNS if column != "booking_id")
+    + " WHERE booking_summaries.version < excluded.version"
+)
+
+
 class BookingSummaries(SqlView):
     """One row per booking: what list and detail queries need, scoped by the indexed party columns.
 
@@ -71,28 +87,20 @@ class BookingSummaries(SqlView):
     )
     table_names = ("booking_summaries",)
 
-    def insert_booking(self, tracking: Tracking, row: dict[str, Any]) -> None:
-        columns = ", ".join(row)
-        values = ", ".join(f":{c}" for c in row)
-        self.record(
-            tracking,
-            lambda cur: self.execute(
-                cur, f"INSERT INTO booking_summaries ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING", row
-            ),
-        )
+    # --- writes (by the projection, inside its batch's transaction) ---------------------------
 
-    def update_booking(self, tracking: Tracking, booking_id: str, version: int, changes: dict[str, Any]) -> None:
-        assignments = ", ".join(f"{c} = :{c}" for c in changes)
-        params = {**changes, "booking_id": booking_id, "version": version}
-        self.record(
-            tracking,
-            lambda cur: self.execute(
-                cur,
-                f"UPDATE booking_summaries SET {assignments}, version = :version "
-                "WHERE booking_id = :booking_id AND version < :version",
-                params,
-            ),
+    def summaries_of(self, cursor: Any, booking_ids: Collection[str]) -> dict[str, Summary]:
+        """The summaries of `booking_ids` that exist, by booking id."""
+        rows = self.fetch_where_in(
+            cursor, f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM booking_summaries", "booking_id", booking_ids
         )
+        return {row["booking_id"]: row for row in rows}
+
+    def save(self, cursor: Any, summaries: Sequence[Summary]) -> None:
+        """Inserts new summaries and overwrites older versions of existing ones, in one statement."""
+        self.insert_rows(cursor, "booking_summaries", summaries, on_conflict=_NEWER_VERSION_WINS)
+
+    # --- queries -------------------------------------------------------------------------------
 
     def get(self, booking_id: str) -> dict[str, Any] | None:
         return self.fetch_one("SELECT * FROM booking_summaries WHERE booking_id = :id", {"id": booking_id})
@@ -116,111 +124,136 @@ class BookingSummaries(SqlView):
         return rows, next_cursor
 
 
-class BookingSummaryProjection(Projection[BookingSummaries]):
+# --- the fold: a summary after an event (pure) ------------------------------------------------
+
+
+@singledispatch
+def summarise(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    """`summary` (None: the booking has none yet) after `event`, the event at `position` of the
+    booking log. Events that change no summary leave it as it is."""
+    return summary
+
+
+@summarise.register(Booking.BookingRequested)
+def _requested(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    if summary is not None:  # summarised already: the first request stands
+        return summary
+    return {
+        "booking_id": str(event.originator_id),
+        "product_id": str(event.product_id),
+        "provider_id": str(event.provider_id),
+        "participant_id": event.participant["id"],
+        "employer_id": event.employer_id,
+        "state": "requested",
+        "status": "unknown",
+        "version": event.originator_version,
+        "participant": json.dumps(event.participant),
+        "results_consent": 0,
+        "review": None,
+        "certificate": None,
+        "requested_at": iso(event.timestamp),
+        "updated_at": iso(event.timestamp),
+        "requested_position": position,
+    }
+
+
+def _updated(event: Any, summary: Summary | None, **changes: Any) -> Summary | None:
+    """`changes`, the event's version and time, unless the summary has seen this version already."""
+    if summary is None or summary["version"] >= event.originator_version:
+        return summary
+    return {**summary, **changes, "version": event.originator_version, "updated_at": iso(event.timestamp)}
+
+
+@summarise.register(Booking.Accepted)
+def _accepted(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    return _updated(event, summary, state="accepted", status="enrolled")
+
+
+@summarise.register(Booking.Declined)
+def _declined(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    return _updated(event, summary, state="declined")
+
+
+@summarise.register(Booking.Cancelled)
+def _cancelled(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    return _updated(event, summary, state="cancelled")
+
+
+@summarise.register(Booking.StatusChanged)
+def _status_changed(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    return _updated(event, summary, status=event.new_status)
+
+
+@summarise.register(Booking.ResultsConsentGiven)
+def _consent_given(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    return _updated(event, summary, results_consent=1)
+
+
+@summarise.register(Booking.ResultsConsentWithdrawn)
+def _consent_withdrawn(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    return _updated(event, summary, results_consent=0)
+
+
+@summarise.register(Booking.ReviewSubmitted)
+def _reviewed(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    review = {"rating": event.rating, "text": event.text, "submitted_at": iso(event.timestamp)}
+    return _updated(event, summary, review=json.dumps(review))
+
+
+@summarise.register(Booking.CertificateUploaded)
+def _uploaded(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    certificate = {
+        "certificate_id": str(event.certificate_id),
+        "sha256": event.sha256,
+        "size": event.size,
+        "page_count": event.page_count,
+        "file_name": event.file_name,
+        "contains_results": event.contains_results,
+        "certification_name": event.certification_name,
+        "issued_at": iso(event.issued_at),
+    }
+    return _updated(event, summary, certificate=json.dumps(certificate))
+
+
+@summarise.register(Booking.CertificateVisibilityChanged)
+def _visibility_changed(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    # Not summarised, but the version must follow: clients send it back in If-Match.
+    return _updated(event, summary)
+
+
+@summarise.register(Booking.CertificateRevoked)
+def _revoked(event: Any, summary: Summary | None, position: int) -> Summary | None:
+    # Only the active certificate is summarised; a revoked one leaves the summary.
+    certificate = summary["certificate"] if summary else None
+    if certificate and json.loads(certificate)["certificate_id"] == str(event.certificate_id):
+        return _updated(event, summary, certificate=None)
+    return _updated(event, summary)
+
+
+class BookingSummaryProjection(BatchProjection[BookingSummaries]):
+    """Each batch: the summaries it touches read in one statement, the events folded into them
+    (`summarise`), the changed ones written back in one statement, with the batch's position."""
+
     name = "booking_summaries"
 
-    @singledispatchmethod
+    def process_batch(self, events: EventBatch) -> None:
+        booking_events = [
+            (str(event.originator_id), event, tracking.notification_id)
+            for event, tracking in events
+            if isinstance(event, Booking.Event)
+        ]
+        with self.view.batch(events[-1][1]) as cursor:
+            before = self.view.summaries_of(cursor, {booking_id for booking_id, _, _ in booking_events})
+            after = dict(before)
+            for booking_id, event, position in booking_events:
+                summary = summarise(event, after.get(booking_id), position)
+                if summary is not None:
+                    after[booking_id] = summary
+            self.view.save(cursor, [row for booking_id, row in after.items() if row != before.get(booking_id)])
+
     def process_event(self, domain_event: DomainEventProtocol[UUID], tracking: Tracking) -> None:
-        """Events that do not change a summary still advance the position."""
-        self.view.record(tracking)
-
-    @process_event.register(Booking.BookingRequested)
-    def _requested(self, event: Any, tracking: Tracking) -> None:
-        self.view.insert_booking(
-            tracking,
-            {
-                "booking_id": str(event.originator_id),
-                "product_id": str(event.product_id),
-                "provider_id": str(event.provider_id),
-                "participant_id": event.participant["id"],
-                "employer_id": event.employer_id,
-                "state": "requested",
-                "status": "unknown",
-                "version": event.originator_version,
-                "participant": json.dumps(event.participant),
-                "results_consent": 0,
-                "review": None,
-                "certificate": None,
-                "requested_at": iso(event.timestamp),
-                "updated_at": iso(event.timestamp),
-                "requested_position": tracking.notification_id,
-            },
-        )
-
-    def _update(self, event: Any, tracking: Tracking, **changes: Any) -> None:
-        self.view.update_booking(
-            tracking,
-            str(event.originator_id),
-            event.originator_version,
-            {**changes, "updated_at": iso(event.timestamp)},
-        )
-
-    @process_event.register(Booking.Accepted)
-    def _accepted(self, event: Any, tracking: Tracking) -> None:
-        self._update(event, tracking, state="accepted", status="enrolled")
-
-    @process_event.register(Booking.Declined)
-    def _declined(self, event: Any, tracking: Tracking) -> None:
-        self._update(event, tracking, state="declined")
-
-    @process_event.register(Booking.Cancelled)
-    def _cancelled(self, event: Any, tracking: Tracking) -> None:
-        self._update(event, tracking, state="cancelled")
-
-    @process_event.register(Booking.StatusChanged)
-    def _status_changed(self, event: Any, tracking: Tracking) -> None:
-        self._update(event, tracking, status=event.new_status)
-
-    @process_event.register(Booking.ResultsConsentGiven)
-    def _consent_given(self, event: Any, tracking: Tracking) -> None:
-        self._update(event, tracking, results_consent=1)
-
-    @process_event.register(Booking.ResultsConsentWithdrawn)
-    def _consent_withdrawn(self, event: Any, tracking: Tracking) -> None:
-        self._update(event, tracking, results_consent=0)
-
-    @process_event.register(Booking.ReviewSubmitted)
-    def _reviewed(self, event: Any, tracking: Tracking) -> None:
-        review = {"rating": event.rating, "text": event.text, "submitted_at": iso(event.timestamp)}
-        self._update(event, tracking, review=json.dumps(review))
-
-    @process_event.register(Booking.CertificateUploaded)
-    def _uploaded(self, event: Any, tracking: Tracking) -> None:
-        certificate = {
-            "certificate_id": str(event.certificate_id),
-            "sha256": event.sha256,
-            "size": event.size,
-            "page_count": event.page_count,
-            "file_name": event.file_name,
-            "contains_results": event.contains_results,
-            "certification_name": event.certification_name,
-            "issued_at": iso(event.issued_at),
-        }
-        self._update(event, tracking, certificate=json.dumps(certificate))
-
-    @process_event.register(Booking.CertificateVisibilityChanged)
-    def _visibility_changed(self, event: Any, tracking: Tracking) -> None:
-        # Not summarised, but the version must follow: clients send it back in If-Match.
-        self._update(event, tracking)
-
-    @process_event.register(Booking.CertificateRevoked)
-    def _revoked(self, event: Any, tracking: Tracking) -> None:
-        # Only the active certificate is summarised; a revoked one leaves the summary.
-        self.view.record(
-            tracking,
-            lambda cur: self.view.execute(
-                cur,
-                "UPDATE booking_summaries SET version = :version, updated_at = :at, "
-                "certificate = CASE WHEN certificate LIKE :pattern THEN NULL ELSE certificate END "
-                "WHERE booking_id = :booking_id AND version < :version",
-                {
-                    "booking_id": str(event.originator_id),
-                    "version": event.originator_version,
-                    "at": iso(event.timestamp),
-                    "pattern": f'%"certificate_id": "{event.certificate_id}"%',
-                },
-            ),
-        )
+        """One event: a batch of one."""
+        self.process_batch([(domain_event, tracking)])
 
 
 BOOKING_SUMMARIES = ProjectionSpec(BookingSummaryProjection, BookingSummaries, BookingApplication)

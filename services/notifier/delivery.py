@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
 from uuid import UUID
 
 import structlog
@@ -29,7 +28,7 @@ from services.notifier.mail import MailDeliveryError, Mailer, mailer_from_settin
 from services.notifier.messages import MessageKind, OutgoingMessage, build_message
 from services.notifier.projections import NOTIFICATION_LOG, NotificationLog
 from services.notifier.settings import NotifierSettings
-from shared.feed import ProjectionSpec, SupervisedProjection, _table_creation, open_view
+from shared.feed import TABLE_CREATION_LOCK, ProjectionSpec, SupervisedProjection, open_view
 from shared.linkedin import add_to_profile_url
 
 log = structlog.get_logger(__name__)
@@ -170,12 +169,12 @@ class NotifierWorker(SupervisedProjection):
             linkedin_invite_delay=timedelta(seconds=settings.linkedin_invite_delay_s),
         )
 
-    def _run_once(self, env: dict[str, str], alive: Any) -> None:
+    def run_once(self, env: dict[str, str], alive: Callable[[], bool]) -> None:
         settings = self.notifier_settings
-        with _table_creation:
+        with TABLE_CREATION_LOCK:
             log_view = open_view(settings, NOTIFICATION_LOG)
         try:
-            with _table_creation:
+            with TABLE_CREATION_LOCK:
                 runner = EventSourcedProjectionRunner(
                     application_class=BookingApplication,
                     projection_class=NotifierProcess,
@@ -186,8 +185,8 @@ class NotifierWorker(SupervisedProjection):
                     process=runner.projection, log_view=log_view, mailer=self.mailer, settings=settings
                 )
                 self.running.set()
-                while not self._stop.is_set():
-                    sender.run_once(self._stop)
+                while not self.stop_requested.is_set():
+                    sender.run_once(self.stop_requested)
                     runner.run_forever(timeout=settings.notifier_poll_interval_s)
                     if runner.is_interrupted.is_set() or not alive():
                         msg = "the notifier lost its subscription or lease"
