@@ -9,6 +9,7 @@ wrote itself are never believed. IPv6 clients are keyed by their /64 (one host o
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import threading
@@ -24,6 +25,7 @@ IPV6_CLIENT_PREFIX = 64
 # Bounds memory under a flood of distinct addresses: idle buckets are full and dropped first,
 # then the least recently seen.
 DEFAULT_MAX_CLIENTS = 100_000
+CLIENT_KEYS_REMEMBERED = 4096
 
 
 def client_key(peer: str | None, forwarded_for: str | None, trusted_proxies: Iterable[IPNetwork]) -> str:
@@ -111,10 +113,13 @@ class ClientRateLimit:
 
     def __init__(self, buckets: TokenBuckets, trusted_proxies: Iterable[IPNetwork] = ()) -> None:
         self._buckets = buckets
-        self._trusted = tuple(trusted_proxies)
+        # Parsing addresses costs more than taking a token; the same clients come back.
+        self._client_key = functools.lru_cache(maxsize=CLIENT_KEYS_REMEMBERED)(
+            functools.partial(client_key, trusted_proxies=tuple(trusted_proxies))
+        )
 
     def check(self, peer: str | None, forwarded_for: str | None) -> None:
-        wait = self._buckets.take(client_key(peer, forwarded_for, self._trusted))
+        wait = self._buckets.take(self._client_key(peer, forwarded_for))
         if wait:
             raise TooManyRequests(
                 f"Too many requests from your address; retry in {wait} seconds.",

@@ -131,6 +131,10 @@ class CertificateRegistry(SqlView):
     def references(self, sha256: str) -> bool:
         return self.fetch_one("SELECT 1 AS found FROM certificate_registry WHERE sha256 = :s LIMIT 1", {"s": sha256}) is not None
 
+    def tracked_position(self, application_name: str) -> int:
+        """The last event of that application the registry has processed (0: none yet)."""
+        return self.max_tracking_id(application_name) or 0  # type: ignore[attr-defined]
+
     def _one(self, statement: str, params: dict[str, Any]) -> RegisteredCertificate | None:
         row = self.fetch_one(statement, params)
         return RegisteredCertificate.of_row(row) if row else None

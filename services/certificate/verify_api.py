@@ -2,32 +2,33 @@
 
 Every JSON answer carries a detached JWS over its canonical form, so a saved answer can be
 checked offline against /.well-known/jwks.json. All routes here are rate limited per client.
+Answers by id are kept per process while the registry has not moved (see signed_answers.py) and
+carry an ETag: a client that sends it back in If-None-Match gets 304 while the answer is unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
-from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
+from eventsourcing.persistence import ApplicationRecorder
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
+from services.booking.application import BookingApplication
 from services.certificate.api import FILE_FIELD, get_registry, read_pdf_form, wait_for_registry
-from services.certificate.projections import RegisteredCertificate
+from services.certificate.projections import CertificateRegistry, RegisteredCertificate
 from services.certificate.settings import CertificateSettings
+from services.certificate.signed_answers import SignedAnswers, SignedVerificationAnswer
 from services.certificate.signing import AnswerSigner
 from services.certificate.uploads import CertificateIssuer
-from services.certificate.verification import (
-    VerificationAnswer,
-    canonical_certificate_id,
-    verification_answer,
-)
-from services.certificate.verify_page import negotiate_locale, render_verify_page
+from services.certificate.verification import verification_answer
+from services.certificate.verify_page import negotiate_locale
 from shared.errors import Invalid
+from shared.feed import read_your_writes
 from shared.http import MinPosition
 from shared.ratelimit import ClientRateLimit
 
@@ -39,6 +40,7 @@ HTML = "text/html"
 CACHE_VALID = "public, max-age=60"
 NO_STORE = "no-store"
 CACHE_KEYS = "public, max-age=300"
+VARY = "Accept, Accept-Language"
 PAGE_SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
@@ -49,28 +51,36 @@ PAGE_SECURITY_HEADERS = {
 }
 
 
-class AnswerSignature(BaseModel):
-    jws: str
-    kid: str
-    jwks_url: str
+def signed_answers(
+    settings: CertificateSettings, registry: CertificateRegistry, booking_events: ApplicationRecorder
+) -> SignedAnswers:
+    """The answers of this process, signed with the configured keys."""
+    signer = AnswerSigner.from_settings(
+        signing_keys_json=settings.verify_signing_keys.get_secret_value(), data_dir=settings.data_dir
+    )
+
+    def catch_up(position: int) -> None:
+        read_your_writes(
+            registry, booking_events, BookingApplication.name, position, settings.read_your_writes_timeout_s
+        )
+
+    return SignedAnswers(
+        registry,
+        signer,
+        jwks_url=f"{settings.certificate_url.rstrip('/')}{JWKS_PATH}",
+        upstream=BookingApplication.name,
+        catch_up=catch_up,
+    )
 
 
-class SignedVerificationAnswer(VerificationAnswer):
-    """`signature.jws` is a detached JWS (EdDSA) over the canonical JSON of the answer without
-    `signature` (sorted keys, no whitespace, UTF-8)."""
-
-    signature: AnswerSignature
-
-
-async def rate_limited(request: Request) -> None:
+def rate_limit(request: Request) -> None:
+    """First thing in every route here: a plain call, as a dependency it would cost more than a kept answer."""
     limit: ClientRateLimit = request.app.state.verify_rate_limit
     limit.check(request.client.host if request.client else None, request.headers.get("x-forwarded-for"))
 
 
 verify = APIRouter(
-    tags=["verification"],
-    dependencies=[Depends(rate_limited)],
-    responses={429: {"description": "Too many requests from this client; see Retry-After"}},
+    tags=["verification"], responses={429: {"description": "Too many requests from this client; see Retry-After"}}
 )
 
 
@@ -83,6 +93,7 @@ verify = APIRouter(
             "model": SignedVerificationAnswer,
             "content": {HTML: {"schema": {"type": "string"}}},
         },
+        304: {"description": "If-None-Match holds the ETag of the current answer: it has not changed"},
         404: {
             "description": "No such certificate (also for malformed ids): the same answer, state not_found",
             "model": SignedVerificationAnswer,
@@ -90,21 +101,29 @@ verify = APIRouter(
         },
     },
 )
-def verify_by_id(request: Request, certificate_id: str, min_position: MinPosition = None) -> Response:
+async def verify_by_id(request: Request, certificate_id: str, min_position: MinPosition = None) -> Response:
     """JSON for `Accept: application/json`, otherwise the page (Swedish or English by Accept-Language)."""
-    registry = get_registry(request)
-    wait_for_registry(request, registry, min_position)
-    canonical_id = canonical_certificate_id(certificate_id)
-    certificate = registry.get(canonical_id) if canonical_id else None
-    answer = verification_answer(certificate, asked_id=canonical_id or certificate_id, checked_at=_now())
-    status = 404 if certificate is None else 200
-    headers = {"Cache-Control": CACHE_VALID if answer["state"] == "valid" else NO_STORE, "Vary": "Accept, Accept-Language"}
+    rate_limit(request)
+    answers = _answers(request)
+    # A kept answer is served on the event loop; only building one reads the database.
+    answer = answers.kept(certificate_id, min_position) or await run_in_threadpool(
+        answers.answer, certificate_id, min_position
+    )
+    headers = {"Cache-Control": CACHE_VALID if answer.state == "valid" else NO_STORE, "Vary": VARY}
     if _wants_json(request.headers.get("accept")):
-        return JSONResponse(_signed(request, answer), status_code=status, headers=headers)
-    locale = negotiate_locale(request.headers.get("accept-language"))
-    # The page can show a revocation reason; public answers never carry one.
-    page = render_verify_page({**answer, "revocation_reason": None}, locale=locale)
-    return HTMLResponse(page, status_code=status, headers={**headers, **PAGE_SECURITY_HEADERS, "Content-Language": locale})
+        representation, media_type = answer.json, JSON
+    else:
+        locale = negotiate_locale(request.headers.get("accept-language"))
+        representation, media_type = answer.page(locale), HTML
+        headers.update(PAGE_SECURITY_HEADERS)
+        headers["Content-Language"] = locale
+    if answer.state == "not_found":  # nothing to revalidate: no ETag
+        return Response(representation.body, status_code=404, media_type=media_type, headers=headers)
+    headers["ETag"] = representation.etag
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and representation.matches(if_none_match):
+        return Response(status_code=304, headers=headers)
+    return Response(representation.body, media_type=media_type, headers=headers)
 
 
 VERIFY_FILE_REQUEST_BODY = {
@@ -142,8 +161,9 @@ VERIFY_FILE_REQUEST_BODY = {
         422: {"description": "A damaged, encrypted or unsafe PDF, or a malformed form"},
     },
 )
-async def verify_file(request: Request, min_position: MinPosition = None) -> JSONResponse:
+async def verify_file(request: Request, min_position: MinPosition = None) -> Response:
     """Is this PDF exactly a certificate issued here? Same checks and limits as an upload; nothing is kept."""
+    rate_limit(request)
     form = await read_pdf_form(request)
     with form.file:
         if form.fields:
@@ -151,14 +171,17 @@ async def verify_file(request: Request, min_position: MinPosition = None) -> JSO
         issuer: CertificateIssuer = request.app.state.certificate_issuer
         facts = await issuer.inspect(form.file)
     certificate = await run_in_threadpool(_issued_with, request, facts.sha256, min_position)
-    answer = verification_answer(certificate, asked_id=None, checked_at=_now(), file_sha256=facts.sha256)
-    return JSONResponse(_signed(request, answer), headers={"Cache-Control": NO_STORE})
+    answer = _answers(request).signed(
+        verification_answer(certificate, asked_id=None, checked_at=datetime.now(UTC), file_sha256=facts.sha256)
+    )
+    return Response(answer.json.body, media_type=JSON, headers={"Cache-Control": NO_STORE})
 
 
 @verify.get(JWKS_PATH, summary="Public keys that check verification answers (JWK set)")
-def jwks(request: Request) -> JSONResponse:
+async def jwks(request: Request) -> JSONResponse:
     """Every configured key, the retired ones too, so answers signed before a rotation still verify."""
-    return JSONResponse(_signer(request).jwks(), headers={"Cache-Control": CACHE_KEYS})
+    rate_limit(request)
+    return JSONResponse(_answers(request).signer.jwks(), headers={"Cache-Control": CACHE_KEYS})
 
 
 def _issued_with(request: Request, sha256: str, min_position: int | None) -> RegisteredCertificate | None:
@@ -167,25 +190,11 @@ def _issued_with(request: Request, sha256: str, min_position: int | None) -> Reg
     return registry.get_by_sha256(sha256)
 
 
+@functools.lru_cache(maxsize=256)  # clients send few distinct Accept headers; parsing one costs more than the rest
 def _wants_json(accept: str | None) -> bool:
     """HTML unless the client prefers JSON (a browser's */* counts for the page)."""
     return parse_accept_header(accept or "", MIMEAccept).best_match((HTML, JSON), default=HTML) == JSON
 
 
-def _signed(request: Request, answer: dict[str, Any]) -> dict[str, Any]:
-    signer = _signer(request)
-    settings: CertificateSettings = request.app.state.settings
-    signature = AnswerSignature(
-        jws=signer.sign(answer),
-        kid=signer.active_kid,
-        jwks_url=f"{settings.certificate_url.rstrip('/')}{JWKS_PATH}",
-    )
-    return {**answer, "signature": signature.model_dump()}
-
-
-def _signer(request: Request) -> AnswerSigner:
-    return request.app.state.answer_signer  # type: ignore[no-any-return]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+def _answers(request: Request) -> SignedAnswers:
+    return request.app.state.signed_answers  # type: ignore[no-any-return]

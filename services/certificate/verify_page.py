@@ -6,6 +6,7 @@ grades or history, so the page cannot show them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,6 +126,7 @@ class Banner:
     details: list[str]
 
 
+@functools.lru_cache(maxsize=256)  # browsers send few distinct headers; parsing one is the costly part
 def negotiate_locale(accept_language: str | None) -> Locale:
     """The page language from an Accept-Language header (q-values honoured); English otherwise."""
     accepted = parse_accept_header(accept_language or "", LanguageAccept)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from ipaddress import IPv4Network
@@ -23,9 +24,10 @@ from pydantic import SecretStr
 
 from services.certificate.main import create_app as create_certificate_app
 from services.certificate.settings import CertificateSettings
+from services.certificate.signed_answers import RECHECK_S
 from services.certificate.signing import generate_signing_key
 from tests.fixtures.services import CertificateScenario
-from tests.fixtures.verification import CORPUS, ISSUED_PDF, OTHER_PDF, THIRD_PDF, VerificationFlows
+from tests.fixtures.verification import CORPUS, ISSUED_PDF, JSON_ACCEPT, OTHER_PDF, THIRD_PDF, VerificationFlows
 
 # joserfc flags "EdDSA" as superseded by RFC 9864's "Ed25519"; the design fixes EdDSA.
 pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
@@ -39,6 +41,8 @@ CSP = (
     "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+# A loaded test machine: requests and the registry read take a while.
+SLACK_S = 1.5
 KEY_A = generate_signing_key("key-a")
 KEY_B = generate_signing_key("key-b")
 
@@ -173,6 +177,7 @@ def test_answers_by_state_reveal_only_public_facts(
 def test_answers_are_signed_and_still_verify_after_a_key_rotation(
     certificate_scenario: CertificateScenario, verification: VerificationFlows, certificate_settings: CertificateSettings
 ) -> None:
+    """A rotation starts the service with the new key set: the answers the old one kept are not served."""
     scenario = certificate_scenario
     party = scenario.provider()
     issued = verification.issue(party, scenario.booking_for(party))
@@ -209,6 +214,67 @@ def test_answers_are_signed_and_still_verify_after_a_key_rotation(
     assert signature_holds(valid, republished), "an answer signed before the rotation no longer verifies"
     assert fresh["signature"]["kid"] == "key-b" and signature_holds(fresh, republished)
     assert not signature_holds(fresh, published), "the new answer was not signed with the new key"
+
+
+def test_kept_answers_are_revalidated_with_etags(
+    certificate_scenario: CertificateScenario, verification: VerificationFlows
+) -> None:
+    scenario = certificate_scenario
+    party = scenario.provider()
+    issued = verification.issue(party, scenario.booking_for(party))
+    published = scenario.certificates.get("/.well-known/jwks.json").json()
+
+    first = verification.by_id(issued.certificate_id)
+    time.sleep(1.1)  # a fresh answer would now have another checked_at
+    again = scenario.certificates.get(f"/verify/{issued.certificate_id}", headers=JSON_ACCEPT)  # no X-Min-Position
+    assert (again.status_code, again.content) == (200, first.content), "not the kept answer, byte for byte"
+    assert again.headers["etag"] == first.headers["etag"] and signature_holds(again.json(), published)
+    etag = first.headers["etag"]
+    for if_none_match in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        unchanged = verification.by_id(issued.certificate_id, {"If-None-Match": if_none_match})
+        assert (unchanged.status_code, unchanged.content) == (304, b""), if_none_match
+        assert (unchanged.headers["etag"], unchanged.headers["cache-control"], unchanged.headers["vary"]) == (
+            etag, "public, max-age=60", "Accept, Accept-Language"
+        )
+    assert verification.by_id(issued.certificate_id, {"If-None-Match": '"other"'}).status_code == 200
+
+    page_headers = {"Accept": "text/html", "Accept-Language": "sv"}
+    page = verification.by_id(issued.certificate_id, page_headers)
+    assert page.status_code == 200 and page.headers["etag"] not in (etag, None)
+    assert verification.by_id(issued.certificate_id, {**page_headers, "If-None-Match": etag}).status_code == 200
+    unchanged_page = verification.by_id(issued.certificate_id, {**page_headers, "If-None-Match": page.headers["etag"]})
+    assert unchanged_page.status_code == 304
+    assert (unchanged_page.headers["content-language"], unchanged_page.headers["content-security-policy"]) == ("sv", CSP)
+
+    missing = verification.by_id(str(uuid4()), {"If-None-Match": "*"})
+    assert missing.status_code == 404 and "etag" not in missing.headers
+
+
+def test_changes_reach_kept_answers_promptly_without_read_your_writes(
+    certificate_scenario: CertificateScenario, verification: VerificationFlows
+) -> None:
+    """Once the registry has a change, a plain GET shows it within the recheck interval (RECHECK_S)."""
+    scenario = certificate_scenario
+    party = scenario.provider()
+    issued = verification.issue(party, scenario.booking_for(party))
+    url = f"/verify/{issued.certificate_id}"
+
+    def shown_within_recheck_interval(shows_change: Any) -> dict[str, Any]:
+        # The registry has the change once the certificate's metadata (read-your-writes) answers.
+        assert scenario.certificate(issued.certificate_id, scenario.booking_event_position()).status_code == 200
+        started = time.monotonic()
+        while not shows_change(answer := scenario.certificates.get(url, headers=JSON_ACCEPT).json()):
+            assert time.monotonic() - started < RECHECK_S + SLACK_S, f"still {answer}"
+            time.sleep(0.02)
+        return answer
+
+    assert scenario.certificates.get(url, headers=JSON_ACCEPT).json()["holder"]["name"] is None  # now kept
+    verification.make_public(issued.certificate_id)
+    shown_within_recheck_interval(lambda answer: answer["holder"]["name"] == "Anna Svensson")
+    verification.revoke(party, issued.certificate_id, "issued in error")
+    revoked = shown_within_recheck_interval(lambda answer: answer["state"] == "revoked")
+    assert revoked["revoked_at"] is not None and "issued in error" not in json.dumps(revoked)
+    assert scenario.certificates.get(url, headers=JSON_ACCEPT).headers["cache-control"] == "no-store"
 
 
 def one_byte_changed(content: bytes) -> bytes:
