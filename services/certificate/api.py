@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -39,7 +42,7 @@ from services.certificate.uploads import (
 )
 from services.certificate.verification import linkedin_add_url
 from shared.auth import Principal, Role
-from shared.errors import Forbidden, NotFound
+from shared.errors import AppError, Forbidden, NotFound
 from shared.feed import read_your_writes
 from shared.http import POSITION_HEADER, CurrentPrincipal, MinPosition
 
@@ -218,9 +221,17 @@ def content_disposition(file_name: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(file_name, safe='')}"
 
 
+@asynccontextmanager
+async def _booking_connections(app: FastAPI) -> AsyncIterator[None]:
+    """Nested in the app's own lifespan, which made the gateway: closes its pooled connections first."""
+    gateway: BookingGateway = app.state.booking_gateway
+    async with gateway:
+        yield
+
+
 # --- routes -----------------------------------------------------------------------------------
 
-certificates = APIRouter(tags=["certificates"])
+certificates = APIRouter(tags=["certificates"], lifespan=_booking_connections)
 
 
 @certificates.post(
@@ -239,26 +250,49 @@ certificates = APIRouter(tags=["certificates"])
 async def upload_certificate(
     request: Request, booking_id: UUID, principal: CurrentPrincipal, gateway: Gateway, response: Response
 ) -> IssuedCertificateOut:
-    """Checks with the booking service before the body is read, then spools, inspects, stores and records."""
+    """Asks the booking service while the body is spooled and inspected; stores and records once both say yes."""
     if principal.role not in (Role.PROVIDER, Role.STAFF):
         raise Forbidden("Certificates are uploaded by the product's provider or by staff.")
     authorization = request.headers["authorization"]
-    await gateway.check_upload(authorization, booking_id, contains_results=False)
-    form = await read_pdf_form(request)
-    with form.file:
-        fields = parse_upload_fields(form.fields)
-        if fields.contains_results:
-            await gateway.check_upload(authorization, booking_id, contains_results=True)
-        issuer: CertificateIssuer = request.app.state.certificate_issuer
-        issued = await issuer.issue(
-            principal,
-            booking_id,
-            form.file,
-            sanitise_file_name(form.file_name),
-            contains_results=fields.contains_results,
-        )
+    issuer: CertificateIssuer = request.app.state.certificate_issuer
+    async with answered_first(gateway.check_upload(authorization, booking_id, contains_results=False)) as check:
+        form = await read_pdf_form(request)
+        with form.file:
+            fields = parse_upload_fields(form.fields)
+            facts = await issuer.inspect(form.file)
+            await check
+            if fields.contains_results:
+                await gateway.check_upload(authorization, booking_id, contains_results=True)
+            issued = await issuer.issue(
+                principal,
+                booking_id,
+                form.file,
+                facts,
+                sanitise_file_name(form.file_name),
+                contains_results=fields.contains_results,
+            )
     set_position(response, issued.position)
     return IssuedCertificateOut.of(issued)
+
+
+@asynccontextmanager
+async def answered_first(question: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Future[None]]:
+    """Asks `question` while the block runs (the block awaits the answer where it needs it).
+
+    A refusal in the answer comes before the block's own refusal, as if the question had been
+    asked before the block ran; leaving the block early drops the question.
+    """
+    answer = asyncio.ensure_future(question)
+    try:
+        yield answer
+    except (AppError, RequestValidationError):
+        await answer
+        raise
+    finally:
+        if not answer.done():
+            answer.cancel()
+        elif not answer.cancelled():
+            answer.exception()  # seen: asyncio would otherwise log an answer nobody awaited
 
 
 def parse_upload_fields(fields: dict[str, str]) -> UploadFields:

@@ -18,7 +18,6 @@ from services.certificate.booking_gateway import BookingGateway, BookingUnavaila
 from services.certificate.pdfcheck import PdfInspector
 from services.certificate.projections import CERTIFICATE_REGISTRY
 from services.certificate.settings import CertificateSettings
-from services.certificate.signing import AnswerSigner
 from services.certificate.storage import ObjectStorage, StorageUnavailable, storage_from_settings
 from services.certificate.uploads import CertificateIssuer, UploadIntents
 from shared.auth import service_token
@@ -99,6 +98,7 @@ def _resources(app: FastAPI, settings: CertificateSettings) -> Iterator[Readines
                 max_bytes=settings.max_upload_bytes,
                 timeout_s=settings.pdf_check_timeout_s,
                 workers=settings.pdf_check_workers,
+                remembered_files=settings.pdf_check_remembered_files,
             )
         )
         gateway = BookingGateway(
@@ -121,9 +121,7 @@ def _resources(app: FastAPI, settings: CertificateSettings) -> Iterator[Readines
             booking=gateway,
             grace=timedelta(seconds=settings.orphan_grace_s),
         )
-        app.state.answer_signer = AnswerSigner.from_settings(
-            signing_keys_json=settings.verify_signing_keys.get_secret_value(), data_dir=settings.data_dir
-        )
+        app.state.signed_answers = verify_api.signed_answers(settings, registry, booking_events)
         app.state.verify_rate_limit = ClientRateLimit(
             TokenBuckets(per_minute=settings.verify_rate_per_minute, burst=settings.verify_rate_burst),
             settings.trusted_proxies,

@@ -2,7 +2,8 @@
 
 Uploads are spooled to a temporary file while hashed (`spool_upload`); `PdfInspector` then parses
 the file in a persistent pool of worker processes that have a memory limit and a deadline, so a
-hostile file costs at most one worker process, never the server.
+hostile file costs at most one worker process, never the server. The same bytes always get the
+same verdict, so the facts of recently accepted files are remembered by their SHA-256.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import queue
 import resource
 import signal
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -91,11 +94,13 @@ class PdfInspector:
         timeout_s: float = 10.0,
         max_memory_bytes: int = 512 * 2**20,
         workers: int = 2,
+        remembered_files: int = 0,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._max_bytes = max_bytes
         self._timeout_s = timeout_s
+        self._accepted = _AcceptedFiles(remembered_files)
         self._idle: queue.SimpleQueue[_WorkerProcess] = queue.SimpleQueue()
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([_WORKER_MODULE])
@@ -104,14 +109,29 @@ class PdfInspector:
             self._idle.put(worker)
 
     def inspect(self, path: Path, *, sha256: str | None = None) -> PdfFacts:
-        """Return the facts of the PDF at `path`, or raise PdfRejected saying what is wrong."""
-        if path.stat().st_size > self._max_bytes:
+        """Return the facts of the PDF at `path`, or raise PdfRejected saying what is wrong.
+
+        `sha256` is the file's hash as the caller computed it from the bytes (`spool_upload`
+        does): a file with the hash and size of one accepted before is not parsed again.
+        """
+        size = path.stat().st_size
+        if size > self._max_bytes:
             raise PdfRejected.file_too_large(self._max_bytes)
+        known = self.remembered(sha256, size) if sha256 is not None else None
+        if known is not None:
+            return known
         worker = self._idle.get()
         try:
-            return worker.check(path, sha256, self._timeout_s)
+            facts = worker.check(path, sha256, self._timeout_s)
         finally:
             self._idle.put(worker)
+        self._accepted.add(facts)
+        return facts
+
+    def remembered(self, sha256: str, size: int) -> PdfFacts | None:
+        """The facts of an accepted file with this hash and size, if remembered (no parsing, no waiting)."""
+        known = self._accepted.get(sha256)
+        return known if known is not None and known.size == size else None
 
     def close(self) -> None:
         for worker in self._workers:
@@ -127,6 +147,34 @@ class PdfInspector:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _AcceptedFiles:
+    """The facts of the last `capacity` accepted files, by SHA-256 (thread-safe).
+
+    Only acceptances: a refusal may come from a deadline that a busy machine made too short.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._facts: OrderedDict[str, PdfFacts] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str) -> PdfFacts | None:
+        with self._lock:
+            facts = self._facts.get(sha256)
+            if facts is not None:
+                self._facts.move_to_end(sha256)
+            return facts
+
+    def add(self, facts: PdfFacts) -> None:
+        if self._capacity == 0:
+            return
+        with self._lock:
+            self._facts[facts.sha256] = facts
+            self._facts.move_to_end(facts.sha256)
+            if len(self._facts) > self._capacity:
+                self._facts.popitem(last=False)
 
 
 class _WorkerProcess:

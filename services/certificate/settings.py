@@ -26,6 +26,9 @@ class CertificateSettings(ServiceSettings):
     max_upload_bytes: int = Field(default=20_000_000, gt=0)
     pdf_check_timeout_s: float = Field(default=10.0, gt=0)
     pdf_check_workers: int = Field(default=2, ge=1)
+    # Accepted files whose facts each process remembers by SHA-256, so the same bytes (a re-upload,
+    # a POST /verify of an issued certificate) are not parsed again; 0 parses every file.
+    pdf_check_remembered_files: int = Field(default=4096, ge=0)
     # Calls to the booking service: a dead or hung booking service costs at most this long.
     booking_timeout_s: float = Field(default=5.0, gt=0)
     # Stored files no certificate references are deleted by the sweep once this old.

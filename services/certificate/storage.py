@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from http import HTTPStatus
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -270,11 +271,6 @@ class MinioStorage:
     ) -> None:
         validate_object_key(key)
         _check_declared_file(path, size=size, sha256=sha256)
-        try:
-            if self.stat(key).size == size:
-                return
-        except ObjectNotFound:
-            pass
         with path.open("rb") as body, _s3_errors():
             self._put_signed(key, body, size=size, sha256=sha256, content_type=content_type)
 
@@ -313,7 +309,9 @@ class MinioStorage:
     ) -> None:
         # The SDK's put_object reads whole parts (>= 5 MiB, several in parallel) into memory.
         # This single PUT streams the open file instead, and signs the known SHA-256 as the
-        # payload hash, so MinIO / S3 refuse a body that does not match it.
+        # payload hash, so MinIO / S3 refuse a body that does not match it. It is conditional
+        # (If-None-Match: *) rather than preceded by a HEAD: S3 spends about as much on a HEAD
+        # as on the PUT of a certificate, and new content, the common case, would pay for both.
         url = urlsplit(f"{self._bucket_url}/{quote(key)}")
         date = s3_time.utcnow()
         headers = sign_v4_s3(
@@ -324,6 +322,7 @@ class MinioStorage:
                 "Host": url.netloc,
                 "Content-Type": content_type,
                 "Content-Length": str(size),
+                "If-None-Match": "*",
                 "x-amz-content-sha256": sha256,
                 "x-amz-date": s3_time.to_amz_date(date),
             },
@@ -332,7 +331,7 @@ class MinioStorage:
             date=date,
         )
         response = self._http.urlopen("PUT", urlunsplit(url), body=body, headers=headers)
-        if response.status == 200:
+        if response.status in (HTTPStatus.OK, HTTPStatus.PRECONDITION_FAILED):  # stored, or already there
             return
         if "xml" in response.headers.get("content-type", "") and response.data:
             raise S3Error.fromxml(response)

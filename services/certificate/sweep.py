@@ -41,13 +41,13 @@ def sweep_orphans(
     """Deletes the orphaned certificate files; returns their keys. The registry must be up to date."""
     cutoff = (now or datetime.now(UTC)) - grace
     referenced = registry.referenced_sha256s()
-    claimed = intents.claimed_sha256s(since=cutoff)
     deleted = []
     for stored in list(storage.list_objects(OBJECT_PREFIX)):
         sha256 = stored.key.rsplit("/", 1)[-1]
         if not _is_certificate_key(stored.key, sha256) or stored.last_modified >= cutoff:
             continue
-        if sha256 in referenced or sha256 in claimed:
+        # Asked per file, just before its delete: an upload of these bytes may begin while the sweep runs.
+        if sha256 in referenced or intents.is_claimed(sha256, cutoff):
             continue
         storage.delete(stored.key)
         deleted.append(stored.key)

@@ -4,6 +4,8 @@ The file is stored before the booking service records it, so a failure in betwee
 object that no certificate references. Objects are shared by every certificate with the same
 bytes, so one is deleted only when no certificate references it and no other upload of the same
 bytes is under way (an upload intent, kept for the grace period); the sweep removes the rest.
+An upload whose intent began just after that check may have found the object still there: the
+deleting upload checks again after the delete and puts the bytes back if so.
 """
 
 from __future__ import annotations
@@ -85,12 +87,6 @@ class UploadIntents(SqlStore):
         with self._cursor(commit=True) as cursor:
             self.execute(cursor, "DELETE FROM certificate_upload_intents WHERE certificate_id = :id", {"id": certificate_id})
 
-    def claimed_sha256s(self, since: datetime) -> set[str]:
-        rows = self.fetch_all(
-            "SELECT DISTINCT sha256 FROM certificate_upload_intents WHERE started_at >= :since", {"since": iso(since)}
-        )
-        return {row["sha256"] for row in rows}
-
     def is_claimed(self, sha256: str, since: datetime) -> bool:
         row = self.fetch_one(
             "SELECT 1 AS found FROM certificate_upload_intents WHERE sha256 = :sha256 AND started_at >= :since LIMIT 1",
@@ -118,7 +114,7 @@ class IssuedCertificate:
 
 
 class CertificateIssuer:
-    """The part of an upload after the file is spooled: inspect, store, record, clean up on failure."""
+    """The part of an upload after the file is spooled: inspect it, then store, record, clean up on failure."""
 
     def __init__(
         self,
@@ -138,14 +134,20 @@ class CertificateIssuer:
         self._grace = grace
 
     async def issue(
-        self, uploader: Principal, booking_id: UUID, file: SpooledFile, file_name: str, *, contains_results: bool
+        self,
+        uploader: Principal,
+        booking_id: UUID,
+        file: SpooledFile,
+        facts: PdfFacts,
+        file_name: str,
+        *,
+        contains_results: bool,
     ) -> IssuedCertificate:
-        facts = await self.inspect(file)
+        """Stores and records a file that passed `inspect` (with `facts`) and the booking service's check."""
         certificate_id = uuid4()  # decided here and random: certificate ids cannot be guessed
         key = certificate_object_key(facts.sha256)
-        await to_thread.run_sync(self._intents.begin, str(certificate_id), facts.sha256, datetime.now(UTC))
         try:
-            await to_thread.run_sync(self._store, key, file)
+            await to_thread.run_sync(self._claim_and_store, str(certificate_id), key, file)
         except StorageUnavailable as error:
             await to_thread.run_sync(self._intents.forget, str(certificate_id))
             log.warning("certificate storage unavailable: %s", error)
@@ -162,44 +164,55 @@ class CertificateIssuer:
         try:
             recorded = await self._booking.record_upload(booking_id, record)
         except BookingRefused:
-            await to_thread.run_sync(self._discard, str(certificate_id), facts.sha256, key)
+            await to_thread.run_sync(self._discard, str(certificate_id), key, file)
             raise
         except BookingUnavailable as failure:
             # If the request may have been recorded after all, the sweep decides once the registry knows.
             if not failure.maybe_done:
-                await to_thread.run_sync(self._discard, str(certificate_id), facts.sha256, key)
+                await to_thread.run_sync(self._discard, str(certificate_id), key, file)
             raise
-        await to_thread.run_sync(self._store_again, key, file)
         return _issued(booking_id, recorded.summary, recorded.position)
 
     async def inspect(self, file: SpooledFile) -> PdfFacts:
         """The PDF checks of an upload; POST /verify applies the same ones."""
+        # Known bytes are answered here: a hop to a thread and back costs milliseconds under load.
+        known = self._inspector.remembered(file.sha256, file.size)
+        if known is not None:
+            return known
         try:
             return await to_thread.run_sync(functools.partial(self._inspector.inspect, file.path, sha256=file.sha256))
         except PdfRejected as rejection:
             raise UploadRefused(rejection) from None
 
+    def _claim_and_store(self, certificate_id: str, key: str, file: SpooledFile) -> None:
+        """The intent goes first: from then on a failed upload of the same bytes leaves the file (or puts it back)."""
+        self._intents.begin(certificate_id, file.sha256, datetime.now(UTC))
+        self._store(key, file)
+
     def _store(self, key: str, file: SpooledFile) -> None:
         self._storage.put_file(key, file.path, size=file.size, sha256=file.sha256)
 
-    def _store_again(self, key: str, file: SpooledFile) -> None:
-        """A failed upload of the same bytes may have removed the shared object just before we
-        recorded ours: putting it again is a cheap no-op when it is there."""
-        try:
-            self._store(key, file)
-        except StorageUnavailable:
-            log.exception("could not confirm the stored file %s after recording its certificate", key)
-
-    def _discard(self, certificate_id: str, sha256: str, key: str) -> None:
+    def _discard(self, certificate_id: str, key: str, file: SpooledFile) -> None:
         """The booking service did not record the certificate: remove the file unless someone else needs it."""
         self._intents.forget(certificate_id)
-        since = datetime.now(UTC) - self._grace
-        if self._registry.references(sha256) or self._intents.is_claimed(sha256, since):
+        if self._is_needed(file.sha256):
             return
         try:
             self._storage.delete(key)
         except StorageUnavailable:
             log.warning("could not remove unrecorded file %s; the sweep will", key)
+            return
+        # An upload of the same bytes that began after the check above stored nothing if it found
+        # the object still there, and was never told of the delete: it needs the bytes back.
+        if self._is_needed(file.sha256):
+            try:
+                self._store(key, file)
+            except StorageUnavailable:
+                log.exception("could not put back the file %s, deleted while another upload needed it", key)
+
+    def _is_needed(self, sha256: str) -> bool:
+        since = datetime.now(UTC) - self._grace
+        return self._registry.references(sha256) or self._intents.is_claimed(sha256, since)
 
 
 def _issued(booking_id: UUID, summary: dict[str, Any], position: int | None) -> IssuedCertificate:

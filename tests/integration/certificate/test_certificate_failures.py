@@ -22,7 +22,7 @@ from services.certificate.application import CertificateApplication
 from services.certificate.booking_gateway import BookingGateway
 from services.certificate.main import create_app, object_storage
 from services.certificate.settings import CertificateSettings
-from services.certificate.storage import ObjectStorage, certificate_object_key
+from services.certificate.storage import ObjectStorage, StoredObject, certificate_object_key
 from services.certificate.sweep import run_sweep, sweep_orphans
 from services.certificate.uploads import UploadIntents
 from shared.views import open_store
@@ -179,6 +179,39 @@ def test_a_shared_file_survives_a_refused_record(
     assert download.content == PDF
 
 
+def test_a_refused_record_puts_back_the_file_an_upload_claimed_meanwhile(
+    certificate_scenario: CertificateScenario, certificate_settings: CertificateSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another upload of the same bytes begins after the refused one found the file unneeded, and
+    finds it still stored (so stores nothing): the refused upload must not leave it deleted."""
+    scenario = certificate_scenario
+    party = scenario.provider()
+    failing_booking = scenario.booking_for(party)
+    record_upload = BookingGateway.record_upload
+
+    async def status_changes_first(self: BookingGateway, *args: Any) -> Any:
+        scenario.set_status(party, failing_booking, "failed")
+        return await record_upload(self, *args)
+
+    adapter = type(scenario.storage)  # the app's storage is of the same class
+    delete = adapter.delete
+    intents = open_store(certificate_settings, UploadIntents, "certificate_uploads")
+
+    def another_upload_begins_first(self: ObjectStorage, key: str) -> None:
+        intents.begin(str(uuid.uuid4()), key.rsplit("/", 1)[-1], datetime.now(UTC))
+        delete(self, key)
+
+    monkeypatch.setattr(BookingGateway, "record_upload", status_changes_first)
+    monkeypatch.setattr(adapter, "delete", another_upload_begins_first)
+    try:
+        answer = scenario.upload(failing_booking, party.provider, PDF)
+    finally:
+        intents.datastore.close()
+
+    assert refused(answer) == (409, "booking_not_completed")
+    assert scenario.stored_keys() == {key_of(PDF)}
+
+
 def test_booking_service_gone_before_the_record_removes_the_file(
     certificate_scenario: CertificateScenario, booking_server: ServedApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -273,6 +306,35 @@ def test_the_sweep_removes_old_unreferenced_files_only(
 
     assert deleted == [old_orphan]
     assert scenario.stored_keys() == {key_of(PDF), claimed_orphan, young_orphan}
+
+
+def test_the_sweep_keeps_a_file_whose_upload_began_while_it_ran(
+    certificate_scenario: CertificateScenario,
+    certificate_settings: CertificateSettings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scenario = certificate_scenario
+    storage = scenario.storage
+    orphan = put_orphan(storage, tmp_path)
+    now = datetime.now(UTC) + timedelta(seconds=5)  # every stored file is old enough to go
+    intents = open_store(certificate_settings, UploadIntents, "certificate_uploads")
+    list_objects = type(storage).list_objects
+
+    def an_upload_of_the_orphan_begins(self: ObjectStorage, prefix: str = "") -> Iterator[StoredObject]:
+        intents.begin(str(uuid.uuid4()), orphan.rsplit("/", 1)[-1], now)
+        return list_objects(self, prefix)
+
+    monkeypatch.setattr(type(storage), "list_objects", an_upload_of_the_orphan_begins)
+    try:
+        registry = scenario.certificates.app.state.certificate_registry  # type: ignore[attr-defined]
+        deleted = sweep_orphans(storage, registry, intents, grace=timedelta(0), now=now)
+    finally:
+        intents.datastore.close()
+
+    assert deleted == []
+    monkeypatch.undo()
+    assert scenario.stored_keys() == {orphan}
 
 
 def test_no_file_is_served_when_the_download_cannot_be_recorded(

@@ -225,6 +225,26 @@ def test_the_booking_rules_apply_before_anything_is_stored(certificate_scenario:
     assert with_results.json()["contains_results"] is True
 
 
+def test_the_booking_service_refusal_comes_before_the_file_refusal(certificate_scenario: CertificateScenario) -> None:
+    """The booking service is asked while the file arrives and is checked: its refusal still wins."""
+    scenario = certificate_scenario
+    party = scenario.provider()
+    other = scenario.provider("Annan Kurs AB")
+    enrolled = scenario.booking_for(party, status=None)
+    completed = scenario.booking_for(party)
+    unchanged = NothingChanges(scenario)
+
+    cases = [
+        (enrolled, party.provider, b"not a pdf", {}, 409, "booking_not_completed"),
+        (enrolled, party.provider, written_pdf(open_action_script), {}, 409, "booking_not_completed"),
+        (enrolled, party.provider, GOOD_PDF, {"contains_results": "maybe"}, 409, "booking_not_completed"),
+        (completed, other.provider, b"not a pdf", {}, 404, "not_found"),
+    ]
+    for booking_id, headers, content, options, status, code in cases:
+        assert_refused(scenario.upload(booking_id, headers, content, **options), status, code)
+        unchanged.check(code)
+
+
 def test_a_retried_upload_with_the_same_idempotency_key_issues_once(certificate_scenario: CertificateScenario) -> None:
     scenario = certificate_scenario
     party = scenario.provider()
