@@ -142,7 +142,8 @@ class SignedAnswers:
         self._max_kept = max_kept
         self._clock = clock
         self._now = now
-        # Inserted in the order built, so the first is the oldest: the one to drop when full.
+        # Only answers built at the observed position (kept and emptied under `_changing`), in the
+        # order built: the first is the oldest, the one to drop when full.
         self._kept: dict[str, _Kept] = {}
         self._observation = _Observation(position=0, at=float("-inf"))  # read on first use
         self._changing = threading.Lock()  # what is kept and the observation
@@ -156,11 +157,9 @@ class SignedAnswers:
             kept = self._kept.get(canonical_id) if canonical_id and canonical_id != certificate_id else None
         if kept is None:
             return None
-        observation = self._observation
         now = self._clock()
         servable = (
-            kept.position == observation.position
-            and now - observation.at <= self._recheck_s
+            now - self._observation.at <= self._recheck_s
             and now - kept.built_at <= self._max_age_s
             and (min_position is None or min_position <= kept.position)
         )

@@ -251,3 +251,41 @@ def test_the_oldest_answer_goes_first_when_the_store_is_full(registry: Certifica
         answers.answer(certificate_id)
     assert answers.kept(first) is None
     assert answers.kept(second) is not None and answers.kept(third) is not None
+
+
+class RegistryMovingDuringRead:
+    """The registry, where the first read of `certificate_id` is overtaken: after the row is read, the
+    certificate is revoked and another request observes the new position before the answer is kept."""
+
+    def __init__(self, rows: Registry, certificate_id: str, overtake: Any) -> None:
+        self._rows = rows
+        self._certificate_id = certificate_id
+        self._overtake = overtake
+
+    def get(self, certificate_id: str) -> Any:
+        row = self._rows.view.get(certificate_id)
+        if certificate_id == self._certificate_id and self._overtake is not None:
+            overtake, self._overtake = self._overtake, None
+            self._rows.revoke(certificate_id)
+            overtake()
+        return row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rows.view, name)
+
+
+def test_an_answer_overtaken_by_a_registry_change_is_not_kept(registry: CertificateRegistry, clock: FakeClock) -> None:
+    rows = Registry(registry)
+    certificate_id, other_id = rows.issue(), rows.issue()
+    answers: SignedAnswers
+
+    def other_request_observes_the_change() -> None:
+        clock.advance(RECHECK_S + 0.001)
+        answers.answer(other_id)
+
+    moving = RegistryMovingDuringRead(rows, certificate_id, other_request_observes_the_change)
+    answers = signed_answers(moving, clock)  # type: ignore[arg-type]
+    overtaken = answers.answer(certificate_id)
+    assert overtaken.state == "valid"  # what the registry held when this request read it
+    assert answers.kept(certificate_id) is None, "an answer older than the observed position was kept"
+    assert answers.answer(certificate_id).state == "revoked"
