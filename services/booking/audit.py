@@ -78,8 +78,6 @@ ENTRY_COLUMNS = (
     "summary",
 )
 
-INSERTED_COLUMNS = tuple(column for column in ENTRY_COLUMNS if column != "id")  # the table gives the id
-
 
 @dataclass(frozen=True)
 class AuditEntry:
@@ -101,8 +99,9 @@ class AuditEntry:
 
     def row(self, booking_id: str | None) -> dict[str, Any]:
         """Its row of audit_entries (but the id), with `booking_id` (a download's is found in the table)."""
-        values = vars(self) | {"booking_id": booking_id}
-        return {column: values[column] for column in INSERTED_COLUMNS}
+        row = vars(self) | {"booking_id": booking_id}
+        del row["certificate_id"]
+        return row
 
 
 _NO_DETAILS = _fields()
@@ -112,20 +111,20 @@ _summary_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=
 def audit_entry(event: Any, tracking: Tracking) -> AuditEntry:
     aggregate_type, _, event_type = type(event).__qualname__.rpartition(".")
     summarise = SUMMARIES.get(type(event), _NO_DETAILS)
-    is_download = isinstance(event, CertificateAccessLog.CertificateDownloaded)
+    aggregate_id = str(event.originator_id)
     return AuditEntry(
         source=tracking.application_name,
         notification_id=tracking.notification_id,
         event_type=event_type,
         aggregate_type=aggregate_type,
-        aggregate_id=str(event.originator_id),
+        aggregate_id=aggregate_id,
         aggregate_version=event.originator_version,
-        booking_id=str(event.originator_id) if isinstance(event, Booking.Event) else None,
+        booking_id=aggregate_id if isinstance(event, Booking.Event) else None,
         actor_id=getattr(event, "actor_id", None),
         actor_role=getattr(event, "actor_role", None),
         occurred_at=iso(event.timestamp),
         summary=_summary_json(summarise(event)),
-        certificate_id=str(event.originator_id) if is_download else None,
+        certificate_id=aggregate_id if isinstance(event, CertificateAccessLog.CertificateDownloaded) else None,
     )
 
 
