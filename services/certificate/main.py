@@ -64,7 +64,8 @@ def create_app(settings: CertificateSettings) -> FastAPI:
         description="PDF certificates: upload to object storage, registry, audited download, revocation,"
         " public verification with signed answers.",
         settings=settings,
-        routers=[api.certificates, verify_api.verify],
+        # Public verification first: the busiest routes, matched before any other is tried (no path overlaps).
+        routers=[verify_api.verify, api.certificates],
         resources=lambda app: _resources(app, settings),
         body_limit_for=body_limit_for,
     )

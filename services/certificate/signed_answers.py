@@ -14,7 +14,8 @@ serves a kept answer byte for byte, its `checked_at` and signature included, whi
   and with it a new, empty store of answers.
 
 Hits take no lock and do no I/O (they run on the event loop); everything that reads the database
-runs in a worker thread (`answer`), and changes to what is kept happen under a lock.
+runs in a worker thread (`answer`), and changes to what is kept happen under a lock. Requests that
+miss the same answer at once (many clients, one certificate) build it once.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ RECHECK_S = 0.5
 MAX_AGE_S = 60.0
 # Each about 2 KB, plus 4 KB per page language asked: at most about 40 MB per process.
 MAX_KEPT = 4096
+# Builds of different ids rarely wait for each other with this many locks (a request builds at most one).
+BUILD_LOCKS = 64
 
 
 class AnswerSignature(BaseModel):
@@ -148,6 +151,7 @@ class SignedAnswers:
         self._observation = _Observation(position=0, at=float("-inf"))  # read on first use
         self._changing = threading.Lock()  # what is kept and the observation
         self._observing = threading.Lock()  # one read of the position at a time
+        self._building = [threading.Lock() for _ in range(BUILD_LOCKS)]  # by id: one build of an answer at a time
 
     def kept(self, certificate_id: str, min_position: int | None = None) -> SignedAnswer | None:
         """The kept answer for this id if it may be served now; no I/O, no lock."""
@@ -172,32 +176,37 @@ class SignedAnswers:
         """
         if min_position is not None and min_position > self._observation.position:
             self._catch_up(min_position)
-            self._observe(not_before=self._clock())
+            self._observe(force=True)
         canonical_id = canonical_certificate_id(certificate_id)
         if canonical_id is None:
             return self.signed(verification_answer(None, asked_id=certificate_id, checked_at=self._now()))
-        self._observe(not_before=self._clock() - self._recheck_s)
-        kept = self.kept(canonical_id, min_position)
-        if kept is not None:
-            return kept
-        # Observed before the certificate is read: its row reflects at least this position.
-        position = self._observation.position
-        certificate = self._registry.get(canonical_id)
-        answer = self.signed(verification_answer(certificate, asked_id=canonical_id, checked_at=self._now()))
-        if certificate is not None:
-            self._keep(canonical_id, _Kept(answer, position, built_at=self._clock()))
-        return answer
+        self._observe()
+        # Requests that missed the same answer together wait for the first one to build it.
+        with self._building[hash(canonical_id) % len(self._building)]:
+            kept = self.kept(canonical_id, min_position)
+            if kept is not None:
+                return kept
+            # Observed before the certificate is read: its row reflects at least this position.
+            position = self._observation.position
+            certificate = self._registry.get(canonical_id)
+            answer = self.signed(verification_answer(certificate, asked_id=canonical_id, checked_at=self._now()))
+            if certificate is not None:
+                self._keep(canonical_id, _Kept(answer, position, built_at=self._clock()))
+            return answer
 
     def signed(self, answer: dict[str, Any]) -> SignedAnswer:
+        """Signs an answer that is not kept (e.g. that of a checked file)."""
         signature = AnswerSignature(jws=self.signer.sign(answer), kid=self.signer.active_kid, jwks_url=self._jwks_url)
         signed = {**answer, "signature": signature.model_dump()}
         body = json.dumps(signed, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
         return SignedAnswer(answer, Representation.of(body))
 
-    def _observe(self, *, not_before: float) -> None:
-        """Reads the registry's position, unless a read that began at or after `not_before` did."""
+    def _observe(self, *, force: bool = False) -> None:
+        """Reads the registry's position if the last read is too old (or when forced); requests that
+        wait here while another one reads use its result."""
+        asked_at = self._clock()
         with self._observing:
-            if self._observation.at >= not_before:
+            if not force and self._observation.at >= asked_at - self._recheck_s:
                 return
             began = self._clock()
             position = self._registry.tracked_position(self._upstream)
