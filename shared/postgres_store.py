@@ -183,20 +183,13 @@ class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicatio
                 schema=Identifier(self.datastore.schema), function=Identifier(self.locked_insert_function)
             )
         )
-        # An aggregate's events, all of them (False) or after a version (True, a cached aggregate).
-        self.sql_select_aggregate_events = {
-            after_version: _rendered(
-                SQL(
-                    "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
-                    "WHERE originator_id = %s{after} ORDER BY originator_version"
-                ).format(
-                    schema=Identifier(self.datastore.schema),
-                    table=Identifier(self.events_table_name),
-                    after=SQL(" AND originator_version > %s" if after_version else ""),
-                )
-            )
-            for after_version in (False, True)
-        }
+        # All the events of an aggregate being loaded (no snapshots, no cache: the only query on the hot path).
+        self.sql_select_aggregate_events = _rendered(
+            SQL(
+                "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+                "WHERE originator_id = %s ORDER BY originator_version"
+            ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        )
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[Any]:
         """Lets a batching projection runner see what is already fetched (shared/feed.py)."""
@@ -212,11 +205,10 @@ class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicatio
         desc: bool = False,
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
-        if lte is not None or desc or limit is not None:  # not an aggregate being loaded: the library's query
+        if gt is not None or lte is not None or desc or limit is not None:  # not a whole aggregate: the library's query
             return super().select_events(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
-        params = (originator_id,) if gt is None else (originator_id, gt)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.sql_select_aggregate_events[gt is not None], params, prepare=True)
+            curs.execute(self.sql_select_aggregate_events, (originator_id,), prepare=True)
             return [
                 StoredEvent(row["originator_id"], row["originator_version"], row["topic"], bytes(row["state"]))
                 for row in curs.fetchall()
