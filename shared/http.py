@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 import sqlite3
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import psycopg
@@ -26,6 +28,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -121,9 +124,31 @@ async def get_principal(request: Request) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
-MinPosition = Annotated[
-    int | None, Header(alias=MIN_POSITION_HEADER, ge=0, description="Wait until the read model has this position")
-]
+MIN_POSITION_DESCRIPTION = "Wait until the read model has this position"
+MinPosition = Annotated[int | None, Header(alias=MIN_POSITION_HEADER, ge=0, description=MIN_POSITION_DESCRIPTION)]
+# `MinPosition` for routes that read the header themselves (`min_position`): their OpenAPI parameter.
+MIN_POSITION_PARAMETER = {
+    "name": MIN_POSITION_HEADER,
+    "in": "header",
+    "required": False,
+    "description": MIN_POSITION_DESCRIPTION,
+    "schema": {"type": "integer", "minimum": 0},
+}
+_MIN_POSITION = TypeAdapter(Annotated[int, Field(ge=0)])
+
+
+def min_position(request: Request) -> int | None:
+    """The `MinPosition` header, read as FastAPI would (same 422 for a bad value) at a fraction of the
+    cost of a header parameter: for routes where that cost is most of the request (a kept answer)."""
+    given = request.headers.get(MIN_POSITION_HEADER)
+    if given is None:
+        return None
+    try:
+        return _MIN_POSITION.validate_python(given)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**problem, "loc": ("header", MIN_POSITION_HEADER)} for problem in error.errors()]
+        ) from None
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -168,6 +193,44 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     await response(scope, receive, send)
 
 
+class AccessLog:
+    """The line each request is logged with: event "request", its method, route, status and duration.
+
+    It runs once per request, and for a cheap request structlog's chain would be a large part of its
+    cost; so JSON lines are rendered here, with the fields, order and rendering that chain gives a
+    structlog line (`configure_logging`), in about half the time. The request id is the only context
+    a request binds, so it is the only one such a line carries. Any other format, or logging not
+    configured, goes through structlog.
+    """
+
+    def __init__(self) -> None:
+        self._json_lines: structlog.PrintLogger | None = None
+
+    def render_json(self, enabled: bool) -> None:
+        """JSON lines at info level or below: `configure_logging` decides."""
+        # structlog's own logger: the same stream (stdout as it is when writing) and the same lock.
+        self._json_lines = structlog.PrintLogger() if enabled else None
+
+    def __call__(self, request_id: str, method: str, route: str, status: int, duration_ms: float) -> None:
+        if self._json_lines is None:
+            log.info("request", method=method, route=route, status=status, duration_ms=duration_ms)
+            return
+        line = {
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": duration_ms,
+            "event": "request",
+            "request_id": request_id,
+            "level": "info",
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        self._json_lines.msg(json.dumps(line))
+
+
+ACCESS_LOG = AccessLog()
+
+
 class Observability:
     """Request ids carried across calls, structured access logs, latency histograms by route."""
 
@@ -198,7 +261,8 @@ class Observability:
                 await app(scope, receive, send)
                 return
             given_id = header(scope, REQUEST_ID_HEADER_BYTES)
-            request_id = given_id.decode("latin-1")[:100] if given_id else uuid.uuid4().hex
+            # A new id: 32 random hex digits, like uuid4().hex at a quarter of its cost.
+            request_id = given_id.decode("latin-1")[:100] if given_id else secrets.token_hex(16)
             structlog.contextvars.bind_contextvars(request_id=request_id)
             status = 500
             started = time.perf_counter()
@@ -216,13 +280,7 @@ class Observability:
                 elapsed = time.perf_counter() - started
                 route = getattr(scope.get("route"), "path", "unmatched")
                 self._observe(scope["method"], route, status, elapsed)
-                log.info(
-                    "request",
-                    method=scope["method"],
-                    route=route,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 2),
-                )
+                ACCESS_LOG(request_id, scope["method"], route, status, round(elapsed * 1000, 2))
                 structlog.contextvars.unbind_contextvars("request_id")
 
         return observed
@@ -360,3 +418,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    # httpx logs each call at info; the called service's access line already tells it (same request id).
+    logging.getLogger("httpx").setLevel(logging.WARNING if root.level >= logging.INFO else logging.NOTSET)
+    ACCESS_LOG.render_json(fmt == "json" and root.isEnabledFor(logging.INFO))
