@@ -109,6 +109,13 @@ class ActorIn(Strict):
     role: Literal["provider", "staff"]
 
 
+class UploaderIn(ActorIn):
+    provider_id: UUID | None = Field(
+        default=None,
+        description="The provider the uploader acts for: when given, the booking must be theirs (else 404, as for the check)",
+    )
+
+
 class CertificateRecordIn(Strict):
     certificate_id: UUID
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -116,7 +123,7 @@ class CertificateRecordIn(Strict):
     page_count: Annotated[StrictInt, Field(gt=0)]
     file_name: Annotated[str, Field(min_length=1, max_length=255, pattern=ONE_LINE)]
     contains_results: StrictBool
-    uploaded_by: ActorIn
+    uploaded_by: UploaderIn
 
 
 class UploadCheckIn(Strict):
@@ -507,7 +514,9 @@ def record_certificate(
         contains_results=body.contains_results,
     )
     actor = Actor(id=body.uploaded_by.id, role=body.uploaded_by.role)
-    result = app.record_certificate_upload(principal, booking_id, certificate, on_behalf_of=actor)
+    result = app.record_certificate_upload(
+        principal, booking_id, certificate, on_behalf_of=actor, for_provider=body.uploaded_by.provider_id
+    )
     return command_response(result, BookingOut.of(result.aggregate), status_code=201)
 
 

@@ -193,17 +193,33 @@ class BookingApplication(Application[UUID]):
         )
 
     def record_certificate_upload(
-        self, principal: Principal, booking_id: UUID, certificate: CertificateFile, on_behalf_of: Actor
+        self,
+        principal: Principal,
+        booking_id: UUID,
+        certificate: CertificateFile,
+        on_behalf_of: Actor,
+        *,
+        for_provider: UUID | None = None,
     ) -> CommandResult:
-        """Called by the certificate service (service token) once the file is stored."""
+        """Called by the certificate service (service token) once the file is stored.
+
+        `for_provider`: the uploader acts for this provider, so the booking must be theirs (404
+        otherwise, as `check_certificate_upload` answers): then the record alone applies every
+        rule of an upload, and a file already stored needs no check first.
+        """
         if principal.role is not Role.SERVICE:
             raise Forbidden("Certificates are recorded by the certificate service.")
 
-        def command(booking: Booking, actor: Actor) -> None:
+        def command(booking: Booking) -> None:
             product = self.get_product(booking.product_id)
-            booking.upload_certificate(certificate, product.certification_name, datetime.now(UTC), actor)
+            booking.upload_certificate(certificate, product.certification_name, datetime.now(UTC), on_behalf_of)
 
-        return self._command(principal, booking_id, command, lambda b: True, "upload", on_behalf_of=on_behalf_of)
+        return self._update(
+            booking_id,
+            Booking,
+            command,
+            visible=lambda b: for_provider is None or str(b.provider_id) == str(for_provider),
+        )
 
     def check_certificate_upload(self, principal: Principal, booking_id: UUID, *, contains_results: bool) -> None:
         """Refuses an upload before the file is stored, with the same rules as the upload itself."""

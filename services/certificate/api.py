@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 from uuid import UUID
 
@@ -22,7 +22,7 @@ from services.certificate.application import (
     CertificateApplication,
     can_read_certificate,
 )
-from services.certificate.booking_gateway import BookingGateway
+from services.certificate.booking_gateway import BookingGateway, BookingRefused, BookingUnavailable
 from services.certificate.multipart import UploadForm, read_upload_form
 from services.certificate.pdfcheck import PdfRejected
 from services.certificate.projections import CertificateRegistry, RegisteredCertificate
@@ -250,19 +250,23 @@ certificates = APIRouter(tags=["certificates"], lifespan=_booking_connections)
 async def upload_certificate(
     request: Request, booking_id: UUID, principal: CurrentPrincipal, gateway: Gateway, response: Response
 ) -> IssuedCertificateOut:
-    """Asks the booking service while the body is spooled and inspected; stores and records once both say yes."""
+    """Checks the file and, while it is inspected, asks the booking service; stores and records once both say yes.
+
+    Bytes already issued are stored already: then the record alone asks the booking service.
+    """
     if principal.role not in (Role.PROVIDER, Role.STAFF):
         raise Forbidden("Certificates are uploaded by the product's provider or by staff.")
-    authorization = request.headers["authorization"]
     issuer: CertificateIssuer = request.app.state.certificate_issuer
-    async with answered_first(gateway.check_upload(authorization, booking_id, contains_results=False)) as check:
+    check = BookingCheck(gateway, request.headers["authorization"], booking_id)
+    async with check.refusal_first():
         form = await read_pdf_form(request)
         with form.file:
             fields = parse_upload_fields(form.fields)
+            stored = await issuer.holds(form.file)
+            if not stored:
+                check.ask(contains_results=fields.contains_results)
             facts = await issuer.inspect(form.file)
-            await check
-            if fields.contains_results:
-                await gateway.check_upload(authorization, booking_id, contains_results=True)
+            await check.answered()
             issued = await issuer.issue(
                 principal,
                 booking_id,
@@ -270,29 +274,54 @@ async def upload_certificate(
                 facts,
                 sanitise_file_name(form.file_name),
                 contains_results=fields.contains_results,
+                stored=stored,
             )
     set_position(response, issued.position)
     return IssuedCertificateOut.of(issued)
 
 
-@asynccontextmanager
-async def answered_first(question: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Future[None]]:
-    """Asks `question` while the block runs (the block awaits the answer where it needs it).
+class BookingCheck:
+    """The booking service's check of an upload ("would you record it?"), asked at most once.
 
-    A refusal in the answer comes before the block's own refusal, as if the question had been
-    asked before the block ran; leaving the block early drops the question.
+    Asked before a file is stored (so a refused upload stores nothing), and whenever the upload is
+    refused for its own reasons (the form, the file): the booking service's refusal comes first,
+    as if it had been asked before anything else.
     """
-    answer = asyncio.ensure_future(question)
-    try:
-        yield answer
-    except (AppError, RequestValidationError):
-        await answer
-        raise
-    finally:
-        if not answer.done():
-            answer.cancel()
-        elif not answer.cancelled():
-            answer.exception()  # seen: asyncio would otherwise log an answer nobody awaited
+
+    def __init__(self, gateway: BookingGateway, authorization: str, booking_id: UUID) -> None:
+        self._gateway = gateway
+        self._authorization = authorization
+        self._booking_id = booking_id
+        self._answer: asyncio.Future[None] | None = None
+
+    def ask(self, *, contains_results: bool) -> None:
+        """Asks now, unless asked already; `answered` waits for the answer."""
+        if self._answer is None:
+            question = self._gateway.check_upload(self._authorization, self._booking_id, contains_results=contains_results)
+            self._answer = asyncio.ensure_future(question)
+
+    async def answered(self) -> None:
+        """Raises the booking service's refusal, if it was asked and refused."""
+        if self._answer is not None:
+            await self._answer
+
+    @asynccontextmanager
+    async def refusal_first(self) -> AsyncIterator[None]:
+        """A refusal of the block gives way to the booking service's; leaving otherwise drops an unanswered check."""
+        try:
+            yield
+        except (BookingRefused, BookingUnavailable):
+            raise  # the booking service answered (its check or its record): nothing to ask
+        except (AppError, RequestValidationError):
+            self.ask(contains_results=False)
+            await self.answered()
+            raise
+        finally:
+            if self._answer is not None:
+                if not self._answer.done():
+                    self._answer.cancel()
+                elif not self._answer.cancelled():
+                    self._answer.exception()  # seen: asyncio would otherwise log an answer nobody awaited
 
 
 def parse_upload_fields(fields: dict[str, str]) -> UploadFields:

@@ -6,6 +6,9 @@ bytes, so one is deleted only when no certificate references it and no other upl
 bytes is under way (an upload intent, kept for the grace period); the sweep removes the rest.
 An upload whose intent began just after that check may have found the object still there: the
 deleting upload checks again after the delete and puts the bytes back if so.
+
+Bytes a certificate already references are not stored again (no put, no intent): such an object
+is never deleted, neither by a refused upload nor by the sweep, so it is there for the record.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from services.certificate.booking_gateway import BookingGateway, BookingRefused,
 from services.certificate.pdfcheck import PdfFacts, PdfInspector, PdfRejected, SpooledFile
 from services.certificate.projections import CertificateRegistry
 from services.certificate.storage import ObjectStorage, StorageUnavailable, certificate_object_key
-from shared.auth import Principal
+from shared.auth import Principal, Role
 from shared.errors import AppError, ServiceUnavailable
 from shared.views import SqlStore
 
@@ -99,6 +102,14 @@ class UploadIntents(SqlStore):
             self.execute(cursor, "DELETE FROM certificate_upload_intents WHERE started_at < :before", {"before": iso(before)})
 
 
+def uploaded_by(uploader: Principal) -> dict[str, Any]:
+    """Who uploads, as the booking service records it; a provider (whose token always names its
+    provider_id) may only upload to that provider's bookings, so the record also checks access."""
+    if uploader.role is Role.PROVIDER:
+        return {"id": uploader.sub, "role": uploader.role.value, "provider_id": uploader.provider_id}
+    return {"id": uploader.sub, "role": uploader.role.value}
+
+
 @dataclass(frozen=True)
 class IssuedCertificate:
     certificate_id: UUID
@@ -133,6 +144,10 @@ class CertificateIssuer:
         self._booking = booking
         self._grace = grace
 
+    async def holds(self, file: SpooledFile) -> bool:
+        """A certificate was issued with these bytes: their object is stored, and stays (see the module doc)."""
+        return await to_thread.run_sync(self._registry.references, file.sha256)
+
     async def issue(
         self,
         uploader: Principal,
@@ -142,16 +157,22 @@ class CertificateIssuer:
         file_name: str,
         *,
         contains_results: bool,
+        stored: bool,
     ) -> IssuedCertificate:
-        """Stores and records a file that passed `inspect` (with `facts`) and the booking service's check."""
+        """Stores (unless `stored`: see `holds`) and records a file that passed `inspect` (with `facts`).
+
+        A file to store must have passed the booking service's check; the record applies the
+        check's rules again (also the uploader's access to the booking: see `uploaded_by`).
+        """
         certificate_id = uuid4()  # decided here and random: certificate ids cannot be guessed
         key = certificate_object_key(facts.sha256)
-        try:
-            await to_thread.run_sync(self._claim_and_store, str(certificate_id), key, file)
-        except StorageUnavailable as error:
-            await to_thread.run_sync(self._intents.forget, str(certificate_id))
-            log.warning("certificate storage unavailable: %s", error)
-            raise StorageDown from error
+        if not stored:
+            try:
+                await to_thread.run_sync(self._claim_and_store, str(certificate_id), key, file)
+            except StorageUnavailable as error:
+                await to_thread.run_sync(self._intents.forget, str(certificate_id))
+                log.warning("certificate storage unavailable: %s", error)
+                raise StorageDown from error
         record = {
             "certificate_id": str(certificate_id),
             "sha256": facts.sha256,
@@ -159,16 +180,17 @@ class CertificateIssuer:
             "page_count": facts.page_count,
             "file_name": file_name,
             "contains_results": contains_results,
-            "uploaded_by": {"id": uploader.sub, "role": uploader.role.value},
+            "uploaded_by": uploaded_by(uploader),
         }
         try:
             recorded = await self._booking.record_upload(booking_id, record)
         except BookingRefused:
-            await to_thread.run_sync(self._discard, str(certificate_id), key, file)
+            if not stored:
+                await to_thread.run_sync(self._discard, str(certificate_id), key, file)
             raise
         except BookingUnavailable as failure:
             # If the request may have been recorded after all, the sweep decides once the registry knows.
-            if not failure.maybe_done:
+            if not (stored or failure.maybe_done):
                 await to_thread.run_sync(self._discard, str(certificate_id), key, file)
             raise
         return _issued(booking_id, recorded.summary, recorded.position)

@@ -535,6 +535,22 @@ def test_the_upload_check_answers_with_the_rules_of_the_upload(bookings: Booking
         assert (response.status_code, error_code(response)) == (status, code), response.text
 
 
+def test_a_recorded_upload_must_be_to_a_booking_of_the_uploaders_provider(bookings: BookingFlows) -> None:
+    """The certificate service names the uploader's provider; the record then refuses as the check does."""
+    booking_id = bookings.completed("anna")
+    other_provider_id, _ = bookings.other_provider()
+    before = bookings.last_position()
+
+    def uploaded_by(provider_id: str) -> dict[str, str]:
+        return {"id": "prov-user", "role": "provider", "provider_id": provider_id}
+
+    refused = record_certificate(bookings, booking_id, uploaded_by=uploaded_by(other_provider_id))
+    assert (refused.status_code, error_code(refused)) == (404, "not_found"), refused.text
+    assert bookings.last_position() == before
+    recorded = record_certificate(bookings, booking_id, uploaded_by=uploaded_by(bookings.catalog.provider_id))
+    assert recorded.status_code == 201, recorded.text
+
+
 def test_upload_without_a_certification_says_what_to_do(bookings: BookingFlows) -> None:
     product_id = second_product(bookings)  # registered without a certification
     booking_id = bookings.completed("anna", product_id=product_id)

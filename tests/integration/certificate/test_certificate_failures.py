@@ -130,6 +130,31 @@ def test_storage_down_means_503_and_no_event(certificate_scenario: CertificateSc
     assert retried.status_code == 201, retried.text
 
 
+@pytest.mark.drill
+def test_a_file_already_issued_is_issued_again_without_the_storage(
+    certificate_scenario: CertificateScenario, storage_drill: StorageDrill
+) -> None:
+    """Its object stays as long as a certificate references it: nothing to store again."""
+    scenario = certificate_scenario
+    party = scenario.provider()
+    upload = {"files": {"file": ("intyg.pdf", PDF, "application/pdf")}, "headers": party.provider}
+    first = storage_drill.client.post(f"/v1/bookings/{scenario.booking_for(party)}/certificate", **upload)
+    assert first.status_code == 201, first.text
+    known = storage_drill.client.get(
+        f"/v1/certificates/{first.json()['certificate_id']}",
+        headers={**scenario.staff, "X-Min-Position": first.headers["x-event-position"]},
+    )
+    assert known.status_code == 200, known.text
+    booking_id = scenario.booking_for(party)
+
+    with storage_drill.outage():
+        again = storage_drill.client.post(f"/v1/bookings/{booking_id}/certificate", **upload)
+
+    assert again.status_code == 201, again.text
+    assert again.json()["sha256"] == first.json()["sha256"]
+    assert active_certificate(scenario, booking_id).json()["certificate_id"] == again.json()["certificate_id"]
+
+
 def test_a_refused_record_leaves_no_certificate_and_no_file(
     certificate_scenario: CertificateScenario, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -225,6 +225,34 @@ def test_the_booking_rules_apply_before_anything_is_stored(certificate_scenario:
     assert with_results.json()["contains_results"] is True
 
 
+def test_a_file_already_issued_meets_the_same_booking_rules(certificate_scenario: CertificateScenario) -> None:
+    """Bytes a certificate references are not stored again, so only the record asks the booking
+    service: it refuses what the check would, also an upload to another provider's booking."""
+    scenario = certificate_scenario
+    party = scenario.provider()
+    other = scenario.provider("Annan Kurs AB")
+    first = scenario.upload(scenario.booking_for(party), party.provider, GOOD_PDF)
+    assert first.status_code == 201, first.text
+    assert scenario.certificate(first.json()["certificate_id"], first.headers["x-event-position"]).status_code == 200
+    completed = scenario.booking_for(party)
+    enrolled = scenario.booking_for(party, status=None)
+    unchanged = NothingChanges(scenario)
+
+    cases = [
+        (enrolled, party.provider, {}, 409, "booking_not_completed"),
+        (completed, party.provider, {"contains_results": True}, 409, "results_consent_missing"),
+        (completed, other.provider, {}, 404, "not_found"),
+    ]
+    for booking_id, headers, options, status, code in cases:
+        assert_refused(scenario.upload(booking_id, headers, GOOD_PDF, **options), status, code)
+        unchanged.check(code)
+
+    again = scenario.upload(completed, party.provider, GOOD_PDF)
+    assert again.status_code == 201, again.text
+    assert again.json()["sha256"] == first.json()["sha256"]
+    assert scenario.stored_keys() == unchanged.keys
+
+
 def test_the_booking_service_refusal_comes_before_the_file_refusal(certificate_scenario: CertificateScenario) -> None:
     """The booking service is asked while the file arrives and is checked: its refusal still wins."""
     scenario = certificate_scenario
