@@ -14,6 +14,7 @@ import functools
 import hashlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from shared.views import SqlView, StaleView, view_class_for
 log = logging.getLogger(__name__)
 
 SqlViewT = TypeVar("SqlViewT", bound=SqlView)
+ItemT = TypeVar("ItemT")
 
 TABLE_CREATION_LOCK = threading.Lock()
 """Held around whatever may create tables in a worker process (opening a view, constructing a
@@ -277,6 +279,9 @@ class SupervisedProjection:
 MAX_BATCH_EVENTS = 500
 """Events of one view transaction at most: a rebuild commits about once per subscription page."""
 
+AHEAD_BATCHES = 2
+"""Batches decoded ahead of the projection at most (DecodedAhead)."""
+
 
 class BatchingProjectionRunner(BaseProjectionRunner[Any]):
     """The library's runner, except that the events already fetched are processed together.
@@ -299,14 +304,16 @@ class BatchingProjectionRunner(BaseProjectionRunner[Any]):
             if isinstance(projection, BatchProjection)
             else functools.partial(process_one_by_one, projection)
         )
+        batches = DecodedAhead(fetched_batches(subscription))
         try:
-            for batch in fetched_batches(subscription):
+            for batch in batches:
                 process(batch)
         except BaseException as error:  # handed to the runner, which re-raises it (as the library's loop does)
             owner = runner()
             if owner is not None:
                 owner._thread_error = error  # noqa: SLF001
         finally:
+            batches.close()
             is_stopping.set()
 
 
@@ -324,6 +331,62 @@ def fetched_batches(subscription: ApplicationSubscription[Any]) -> Iterator[list
                 yield batch
                 return
         yield batch
+
+
+class DecodedAhead(Iterator[list[ItemT]]):
+    """The batches of `batches`, taken (so decoded into domain events) in a thread of their own,
+    up to AHEAD_BATCHES ahead of the projection: while the projection waits for the database with
+    one batch, the next one is decoded. Batches taken meanwhile go together as one, up to
+    MAX_BATCH_EVENTS. Order is kept; what `batches` raises comes after what it yielded before.
+    """
+
+    def __init__(self, batches: Iterator[list[ItemT]]) -> None:
+        self._batches = batches
+        self._ready: deque[list[ItemT]] = deque()
+        self._changed = threading.Condition()
+        self._finished = False  # `batches` has ended (or raised `_error`)
+        self._closed = False  # nobody takes batches any more: the thread stops
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._take_ahead, name="decode-ahead", daemon=True)
+        self._thread.start()
+
+    def _take_ahead(self) -> None:
+        try:
+            for batch in self._batches:
+                with self._changed:
+                    while len(self._ready) >= AHEAD_BATCHES and not self._closed:
+                        self._changed.wait()
+                    if self._closed:
+                        return
+                    self._ready.append(batch)
+                    self._changed.notify_all()
+        except BaseException as error:  # handed to whoever takes the batches, after those before it
+            self._error = error
+        finally:
+            with self._changed:
+                self._finished = True
+                self._changed.notify_all()
+
+    def __next__(self) -> list[ItemT]:
+        with self._changed:
+            while not self._ready and not self._finished:
+                self._changed.wait()
+            if not self._ready:
+                self.close()
+                if self._error is not None:
+                    raise self._error
+                raise StopIteration
+            batch = self._ready.popleft()
+            while self._ready and len(batch) + len(self._ready[0]) <= MAX_BATCH_EVENTS:
+                batch += self._ready.popleft()
+            self._changed.notify_all()
+        return batch
+
+    def close(self) -> None:
+        """Stops taking batches ahead (a thread blocked in `batches` stops when its subscription does)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
 
 
 def wait_for_position(view: Any, application_name: str, position: int | None, timeout: float) -> bool:

@@ -130,15 +130,17 @@ def rebuild(
         views[name].reset(tuple(recorders))
         targets = {upstream: recorder.max_notification_id() or 0 for upstream, recorder in recorders.items()}
         runners = [SupervisedProjection(settings, spec).start() for spec in specs]
-        report = Progress(progress or sys.stderr, f"rebuild {name}", sum(targets.values()))
+        total = sum(targets.values())
+        report = Progress(progress or sys.stderr, f"rebuild {name}", total)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             while True:
-                positions = projection_positions(specs, views, recorders)
-                report.show(sum(min(p.position, targets[p.upstream]) for p in positions))
-                if all(p.position >= targets[p.upstream] for p in positions):
+                # Only the view's positions: the targets are fixed, and this polls beside the runner.
+                done = sum(min(views[name].max_tracking_id(upstream) or 0, target) for upstream, target in targets.items())
+                report.show(done)
+                if done >= total:
                     report.done()
-                    return positions
+                    return projection_positions(specs, views, recorders)
                 if deadline is not None and time.monotonic() > deadline:
                     raise SystemExit(f"rebuild of {name} did not catch up within {timeout_s} s")
                 time.sleep(PROGRESS_INTERVAL_S)

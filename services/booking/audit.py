@@ -79,53 +79,34 @@ ENTRY_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    """One row of the audit trail, built from one event (`id` is given by the table)."""
+AuditEntry = dict[str, Any]
+"""A row of audit_entries, by column (but the id, which the table gives). A download's booking_id
+is None here: it is its certificate's booking, found by the view (`AuditTrail.record_batch`)."""
 
-    source: str
-    notification_id: int
-    event_type: str
-    aggregate_type: str
-    aggregate_id: str
-    aggregate_version: int
-    booking_id: str | None
-    actor_id: str | None
-    actor_role: str | None
-    occurred_at: str
-    summary: str
-    certificate_id: str | None
-    """For downloads: the booking is the one of this certificate's access log."""
-
-    def row(self, booking_id: str | None) -> dict[str, Any]:
-        """Its row of audit_entries (but the id), with `booking_id` (a download's is found in the table)."""
-        row = vars(self) | {"booking_id": booking_id}
-        del row["certificate_id"]
-        return row
-
+DOWNLOADED = CertificateAccessLog.CertificateDownloaded.__name__
 
 _NO_DETAILS = _fields()
 _summary_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str).encode
 
 
 def audit_entry(event: Any, tracking: Tracking) -> AuditEntry:
+    # A plain dict: a rebuild makes one per event, and it is what the view inserts.
     aggregate_type, _, event_type = type(event).__qualname__.rpartition(".")
     summarise = SUMMARIES.get(type(event), _NO_DETAILS)
     aggregate_id = str(event.originator_id)
-    return AuditEntry(
-        source=tracking.application_name,
-        notification_id=tracking.notification_id,
-        event_type=event_type,
-        aggregate_type=aggregate_type,
-        aggregate_id=aggregate_id,
-        aggregate_version=event.originator_version,
-        booking_id=aggregate_id if isinstance(event, Booking.Event) else None,
-        actor_id=getattr(event, "actor_id", None),
-        actor_role=getattr(event, "actor_role", None),
-        occurred_at=iso(event.timestamp),
-        summary=_summary_json(summarise(event)),
-        certificate_id=aggregate_id if isinstance(event, CertificateAccessLog.CertificateDownloaded) else None,
-    )
+    return {
+        "source": tracking.application_name,
+        "notification_id": tracking.notification_id,
+        "event_type": event_type,
+        "aggregate_type": aggregate_type,
+        "aggregate_id": aggregate_id,
+        "aggregate_version": event.originator_version,
+        "booking_id": aggregate_id if isinstance(event, Booking.Event) else None,
+        "actor_id": getattr(event, "actor_id", None),
+        "actor_role": getattr(event, "actor_role", None),
+        "occurred_at": iso(event.timestamp),
+        "summary": _summary_json(summarise(event)),
+    }
 
 
 @dataclass(frozen=True)
@@ -179,7 +160,8 @@ class AuditTrail(SqlView):
                 [{"certificate_id": c, "booking_id": b} for c, b in certificates.items()],
                 on_conflict="ON CONFLICT (certificate_id) DO NOTHING",
             )
-            downloaded = {entry.certificate_id for entry in entries if entry.certificate_id is not None}
+            downloads = [entry for entry in entries if entry["event_type"] == DOWNLOADED]
+            downloaded = {entry["aggregate_id"] for entry in downloads}  # the access log's id is its certificate's
             bookings = {
                 row["certificate_id"]: row["booking_id"]
                 for row in self.fetch_where_in(
@@ -190,14 +172,9 @@ class AuditTrail(SqlView):
                 # Two runners append here: ids must commit in id order, or a reader paging by id
                 # could pass an id whose row commits later. Plain reads do not wait for this lock.
                 cursor.execute("LOCK TABLE audit_entries IN EXCLUSIVE MODE")
-            self.insert_rows(
-                cursor,
-                "audit_entries",
-                [
-                    entry.row(entry.booking_id if entry.certificate_id is None else bookings.get(entry.certificate_id))
-                    for entry in entries
-                ],
-            )
+            for entry in downloads:
+                entry["booking_id"] = bookings.get(entry["aggregate_id"])
+            self.insert_rows(cursor, "audit_entries", entries)
 
     # --- queries -------------------------------------------------------------------------------
 

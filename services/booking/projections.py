@@ -138,6 +138,7 @@ def summarise(event: Any, summary: Summary | None, position: int) -> Summary | N
 def _requested(event: Any, summary: Summary | None, position: int) -> Summary | None:
     if summary is not None:  # summarised already: the first request stands
         return summary
+    requested_at = iso(event.timestamp)
     return {
         "booking_id": str(event.originator_id),
         "product_id": str(event.product_id),
@@ -151,8 +152,8 @@ def _requested(event: Any, summary: Summary | None, position: int) -> Summary | 
         "results_consent": 0,
         "review": None,
         "certificate": None,
-        "requested_at": iso(event.timestamp),
-        "updated_at": iso(event.timestamp),
+        "requested_at": requested_at,
+        "updated_at": requested_at,
         "requested_position": position,
     }
 
