@@ -242,7 +242,7 @@ class Bench:
             return self.load(booking, connections, label)
         with LagProbe(self.url, seed.EVENTS_TABLE, _tracking_table(), BookingApplication.name) as probe:
             http = self.load(booking, connections, label)
-        self.lag_figures(probe.samples(), suffix)
+        self.lag_figures(probe.samples(), f"{suffix} (keyed commands)" if idempotent else suffix)
         return http
 
     def lag_figures(self, lags: Samples, suffix: str) -> None:
