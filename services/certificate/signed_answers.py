@@ -14,12 +14,17 @@ serves a kept answer byte for byte, its `checked_at` and signature included, whi
   and with it a new, empty store of answers.
 
 Hits take no lock and do no I/O (they run on the event loop); everything that reads the database
-runs in a worker thread (`answer`), and changes to what is kept happen under a lock. Requests that
-miss the same answer at once (many clients, one certificate) build it once.
+runs in a worker thread (`answer`, `observe`), and changes to what is kept happen under a lock.
+Requests that miss the same answer at once (many clients, one certificate) build it once; on the
+event loop (`answer_soon`) they await that one build rather than each wait for it in a thread. Under
+steady traffic the position is read again halfway through `recheck_s` (`observation_due`), so hits
+never find it stale: otherwise every request arriving while it is being read again would go to a
+worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -30,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from werkzeug.http import parse_etags, quote_etag
 
 from services.certificate.projections import CertificateRegistry
@@ -149,6 +155,8 @@ class SignedAnswers:
         # order built: the first is the oldest, the one to drop when full.
         self._kept: dict[str, _Kept] = {}
         self._observation = _Observation(position=0, at=float("-inf"))  # read on first use
+        self._observation_asked = False  # an `observe` is due and not done yet
+        self._awaited: dict[tuple[str, int | None], asyncio.Future[SignedAnswer]] = {}  # builds by what was asked
         self._changing = threading.Lock()  # what is kept and the observation
         self._observing = threading.Lock()  # one read of the position at a time
         self._building = [threading.Lock() for _ in range(BUILD_LOCKS)]  # by id: one build of an answer at a time
@@ -169,6 +177,40 @@ class SignedAnswers:
         )
         return kept.answer if servable else None
 
+    async def answer_soon(self, certificate_id: str, min_position: int | None = None) -> SignedAnswer:
+        """`answer` for the event loop: a kept answer at once, otherwise built in a worker thread;
+        requests asking the same while it is built await that build, without a thread each."""
+        if self.observation_due():
+            await run_in_threadpool(self.observe)
+        kept = self.kept(certificate_id, min_position)
+        if kept is not None:
+            return kept
+        asked = (certificate_id, min_position)
+        build = self._awaited.get(asked)
+        if build is None:
+            build = self._awaited[asked] = asyncio.ensure_future(
+                run_in_threadpool(self.answer, certificate_id, min_position)
+            )
+            build.add_done_callback(lambda _: self._awaited.pop(asked, None))
+        # Shielded: a request that goes away does not cancel the build the others await.
+        return await asyncio.shield(build)
+
+    def observation_due(self) -> bool:
+        """True, once until `observe` has run, when the position was read more than half `recheck_s`
+        ago: the caller then runs `observe` in a worker thread. No I/O, no lock: call it from one
+        thread only (the event loop)."""
+        if self._observation_asked or self._clock() - self._observation.at <= self._recheck_s / 2:
+            return False
+        self._observation_asked = True
+        return True
+
+    def observe(self) -> None:
+        """Reads the registry's position again (blocking: reads the database); see `observation_due`."""
+        try:
+            self._observe(older_than_s=self._recheck_s / 2)
+        finally:
+            self._observation_asked = False
+
     def answer(self, certificate_id: str, min_position: int | None = None) -> SignedAnswer:
         """The answer for an id as asked, kept or built afresh (blocking: reads the database).
 
@@ -176,11 +218,11 @@ class SignedAnswers:
         """
         if min_position is not None and min_position > self._observation.position:
             self._catch_up(min_position)
-            self._observe(force=True)
+            self._observe(older_than_s=None)
         canonical_id = canonical_certificate_id(certificate_id)
         if canonical_id is None:
             return self.signed(verification_answer(None, asked_id=certificate_id, checked_at=self._now()))
-        self._observe()
+        self._observe(older_than_s=self._recheck_s)
         # Requests that missed the same answer together wait for the first one to build it.
         with self._building[hash(canonical_id) % len(self._building)]:
             kept = self.kept(canonical_id, min_position)
@@ -201,12 +243,12 @@ class SignedAnswers:
         body = json.dumps(signed, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
         return SignedAnswer(answer, Representation.of(body))
 
-    def _observe(self, *, force: bool = False) -> None:
-        """Reads the registry's position if the last read is too old (or when forced); requests that
-        wait here while another one reads use its result."""
+    def _observe(self, *, older_than_s: float | None) -> None:
+        """Reads the registry's position if the last read began more than `older_than_s` ago (None: in
+        any case); requests that wait here while another one reads use its result."""
         asked_at = self._clock()
         with self._observing:
-            if not force and self._observation.at >= asked_at - self._recheck_s:
+            if older_than_s is not None and self._observation.at >= asked_at - older_than_s:
                 return
             began = self._clock()
             position = self._registry.tracked_position(self._upstream)

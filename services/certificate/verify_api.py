@@ -124,9 +124,8 @@ async def verify_by_id(request: Request) -> Response:
     rate_limit(request)
     certificate_id: str = request.path_params["certificate_id"]
     wait_for = min_position(request)
-    answers = _answers(request)
     # A kept answer is served on the event loop; only building one reads the database.
-    answer = answers.kept(certificate_id, wait_for) or await run_in_threadpool(answers.answer, certificate_id, wait_for)
+    answer = await _answers(request).answer_soon(certificate_id, wait_for)
     headers = {"Cache-Control": CACHE_VALID if answer.state == "valid" else NO_STORE, "Vary": VARY}
     if _wants_json(request.headers.get("accept")):
         representation, media_type = answer.json, JSON

@@ -8,6 +8,7 @@ projection writes them; the clock is a fake one, so the time bounds are checked 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -191,6 +192,28 @@ def test_a_change_reaches_the_answer_within_the_recheck_interval(
     assert answers.answer(certificate_id) is after
 
 
+@pytest.mark.parametrize("moved", [False, True])
+def test_the_position_is_read_again_before_hits_find_it_stale(
+    registry: CertificateRegistry, clock: FakeClock, moved: bool
+) -> None:
+    rows = Registry(registry)
+    certificate_id = rows.issue()
+    answers = signed_answers(registry, clock)
+    first = answers.answer(certificate_id)
+    clock.advance(RECHECK_S / 2)
+    assert not answers.observation_due()
+
+    clock.advance(0.001)
+    assert answers.observation_due()
+    assert not answers.observation_due(), "due once until observed"
+    if moved:
+        rows.revoke(certificate_id)
+    answers.observe()
+    assert not answers.observation_due()
+    clock.advance(RECHECK_S / 2 + 0.002)  # past the interval of the first read, within that of the second
+    assert answers.kept(certificate_id) is (None if moved else first)
+
+
 def test_read_your_writes_gets_the_change_at_once(registry: CertificateRegistry, clock: FakeClock) -> None:
     rows = Registry(registry)
     certificate_id = rows.issue()
@@ -324,3 +347,26 @@ def test_requests_missing_the_same_answer_together_build_it_once(registry: Certi
         slow.go_on.set()
         served = {id(request.result(timeout=10)) for request in requests}
     assert (slow.reads, len(served)) == (1, 1)
+
+
+def test_requests_missing_together_on_the_event_loop_await_one_build(registry: CertificateRegistry, clock: FakeClock) -> None:
+    certificate_id = Registry(registry).issue()
+    answers = signed_answers(registry, clock)
+    answers.answer(certificate_id)  # the position is observed: no request reads it again now
+    clock.advance(MAX_AGE_S + 0.001)  # the kept answer is too old: the next requests miss it
+    threads_taken: list[str] = []
+    build = answers.answer
+
+    def answer_in_a_thread(asked_id: str, min_position: int | None = None) -> SignedAnswer:
+        threads_taken.append(asked_id)
+        return build(asked_id, min_position)
+
+    answers.answer = answer_in_a_thread  # type: ignore[method-assign]
+
+    async def together() -> list[SignedAnswer]:
+        return await asyncio.gather(*(answers.answer_soon(certificate_id) for _ in range(8)))
+
+    served = asyncio.run(together())
+    assert threads_taken == [certificate_id]
+    assert len({id(answer) for answer in served}) == 1
+    assert asyncio.run(answers.answer_soon(certificate_id)) is served[0] and threads_taken == [certificate_id]
