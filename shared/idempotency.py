@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -46,7 +44,7 @@ class IdempotencyStore(SqlStore):
         """Claims the key; returns the stored answer if the request already ran."""
         now = datetime.now(UTC)
         claim = uuid4().hex
-        with self._autocommit_cursor() as cursor:
+        with self._statement_cursor() as cursor:
             self.execute(
                 cursor,
                 "INSERT INTO idempotency_keys (scope_key, fingerprint, started_at, claim) VALUES (:k, :f, :t, :c) "
@@ -79,7 +77,7 @@ class IdempotencyStore(SqlStore):
         return row
 
     def complete(self, scope_key: str, status_code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        with self._autocommit_cursor() as cursor:
+        with self._statement_cursor() as cursor:
             self.execute(
                 cursor,
                 "UPDATE idempotency_keys SET status_code = :s, headers = :h, body = :b WHERE scope_key = :k",
@@ -93,18 +91,8 @@ class IdempotencyStore(SqlStore):
 
     def release(self, scope_key: str) -> None:
         """The request failed on our side (5xx): let a retry run it again."""
-        with self._autocommit_cursor() as cursor:
+        with self._statement_cursor() as cursor:
             self.execute(cursor, "DELETE FROM idempotency_keys WHERE scope_key = :k AND status_code IS NULL", {"k": scope_key})
-
-    @contextmanager
-    def _autocommit_cursor(self) -> Iterator[Any]:
-        """Each statement commits by itself: on PostgreSQL, no round trips for BEGIN and COMMIT."""
-        if self.dialect == "postgres":
-            with self.datastore.get_connection() as connection, connection.cursor() as cursor:
-                yield cursor
-        else:
-            with self._cursor(commit=True) as cursor:
-                yield cursor
 
 
 class IdempotencyMiddleware:

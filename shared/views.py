@@ -65,6 +65,17 @@ class SqlTables:
         with self.datastore.transaction(commit=commit) as cursor:  # type: ignore[attr-defined]
             yield cursor
 
+    @contextmanager
+    def _statement_cursor(self) -> Iterator[Any]:
+        """For statements that each commit by themselves: on PostgreSQL no round trips for BEGIN and
+        COMMIT (or ROLLBACK), the pool's connections being in autocommit mode."""
+        if self.dialect == "postgres":
+            with self.datastore.cursor() as cursor:  # type: ignore[attr-defined]
+                yield cursor
+        else:
+            with self._cursor(commit=True) as cursor:
+                yield cursor
+
     def reading_cursor(self, cursor: Any) -> Any:
         """A cursor in the transaction of `cursor`, for a statement whose results are read: on
         PostgreSQL a new one, since in a pipeline (see `SqlView.batch`) a cursor's results are
@@ -111,7 +122,8 @@ class SqlTables:
             cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({values}) {on_conflict}", rows)
 
     def fetch_all(self, statement: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        with self._cursor(commit=False) as cursor:
+        # One statement sees one snapshot: it needs no transaction around it.
+        with self._statement_cursor() as cursor:
             self.execute(cursor, statement, params)
             return [dict(row) for row in cursor.fetchall()]
 
