@@ -13,7 +13,7 @@ EMPLOYER_ID ?=
 SCALE ?= default
 PYTEST_ARGS ?=
 
-.PHONY: install run test e2e drills bench token up down lint clean
+.PHONY: install run test e2e drills bench token up down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
