@@ -79,17 +79,8 @@ def create_service_app(
     app.include_router(health_router(observability, readiness))
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit_for or (lambda _path: settings.max_request_bytes))
-    app.add_middleware(_ObservabilityMiddleware, observability=observability)
+    app.add_middleware(observability.middleware)  # outermost: sees every request, errors included
     return app
-
-
-class _ObservabilityMiddleware:
-    def __init__(self, app: Any, *, observability: Observability) -> None:
-        self._app = observability.middleware(app)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self._app(scope, receive, send)
-
 
 
 def run_api(app: FastAPI, *, host: str, port: int) -> None:
