@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -20,6 +18,7 @@ import jwt
 from starlette.concurrency import run_in_threadpool
 
 from shared.errors import Unauthorized
+from shared.lru import LruMap
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 CLOCK_LEEWAY_S = 30
@@ -54,31 +53,6 @@ class Principal:
         return self.role in (Role.STAFF, Role.SERVICE)
 
 
-class VerifiedTokens:
-    """Principals of tokens that verified, each until its token expires; the least recently used
-    are forgotten first. Looking a token up never verifies it (so never blocks on a key fetch)."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._entries: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, token: str) -> tuple[Principal, float] | None:
-        """The principal and the time (epoch seconds) from which the token counts as expired."""
-        with self._lock:
-            entry = self._entries.get(token)
-            if entry is not None:
-                self._entries.move_to_end(token)
-            return entry
-
-    def put(self, token: str, principal: Principal, expires_at: float) -> None:
-        with self._lock:
-            self._entries[token] = (principal, expires_at)
-            self._entries.move_to_end(token)
-            if len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
-
-
 class TokenVerifier:
     """Verifies bearer tokens against the configured key material.
 
@@ -96,7 +70,9 @@ class TokenVerifier:
         self._secret = secret
         self._public_key = public_key
         self._jwks_url = jwks_url
-        self._verified = VerifiedTokens(remember)
+        # Per token: its principal, and the time (epoch seconds) from which it counts as expired.
+        # Looking a token up never verifies it (so never blocks on a key fetch).
+        self._verified: LruMap[str, tuple[Principal, float]] = LruMap(remember)
 
     @property
     def may_block(self) -> bool:
@@ -129,7 +105,7 @@ class TokenVerifier:
             raise Unauthorized("The token is not valid.", code="token_invalid") from None
         principal = principal_from_claims(claims)
         # PyJWT's rule: expired once `exp <= now - leeway`; `exp` is a number once decoded.
-        self._verified.put(token, principal, float(claims["exp"]) + CLOCK_LEEWAY_S)
+        self._verified.put(token, (principal, float(claims["exp"]) + CLOCK_LEEWAY_S))
         return principal
 
     def _decode(self, token: str) -> dict[str, Any]:

@@ -76,8 +76,13 @@ class SerialisedSchemaChanges:
     CREATE OR REPLACE FUNCTION ("tuple concurrently updated"): each takes its turn."""
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
-        curs.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        take_schema_lock(curs)
         super()._create_table(curs)  # type: ignore[misc]
+
+
+def take_schema_lock(cursor: Any) -> None:
+    """Waits for the turn to change the schema, until the cursor's transaction ends."""
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
 
 
 class BufferedPostgresSubscription(BufferedSubscription, PostgresSubscription):

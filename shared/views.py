@@ -20,7 +20,7 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL
 
-from shared.postgres_store import SCHEMA_LOCK_KEY, SerialisedSchemaChanges
+from shared.postgres_store import SerialisedSchemaChanges, take_schema_lock
 from shared.settings import ServiceSettings
 
 SqlStoreT = TypeVar("SqlStoreT", bound="SqlStore")
@@ -331,7 +331,7 @@ class SqlStore(SqlTables):
         self.dialect = dialect  # type: ignore[misc]
         with self._cursor(commit=True) as cursor:
             if dialect == "postgres":  # replicas starting together take turns (see SerialisedSchemaChanges)
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+                take_schema_lock(cursor)
             for ddl in self.view_ddl():
                 cursor.execute(ddl)
 

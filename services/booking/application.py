@@ -51,8 +51,8 @@ def can_see_booking(principal: Principal, booking: Booking) -> bool:
 
 def project_aggregate(aggregate: Aggregate | None, events: Iterable[Aggregate.Event]) -> Aggregate | None:
     """The library's default projector without its per-event `isinstance(event, CanMutateProtocol)`
-    assertion: a runtime Protocol check costs ~0.1 ms per event on Python 3.11, most of the CPU a
-    command spends on loading its aggregate."""
+    assertion: that runtime Protocol check costs 18-26 us per event (Python 3.11 and 3.12 alike),
+    paid for every event of every aggregate a command loads."""
     for event in events:
         aggregate = event.mutate(aggregate)
     return aggregate

@@ -16,8 +16,6 @@ import queue
 import resource
 import signal
 import tempfile
-import threading
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -27,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from services.certificate.pdfcheck_rules import PdfFacts, PdfRejected, check_pdf
+from shared.lru import LruMap
 
 __all__ = ["PdfFacts", "PdfInspector", "PdfRejected", "SpooledFile", "spool_upload"]
 
@@ -100,7 +99,8 @@ class PdfInspector:
             raise ValueError("workers must be at least 1")
         self._max_bytes = max_bytes
         self._timeout_s = timeout_s
-        self._accepted = _AcceptedFiles(remembered_files)
+        # Only acceptances: a refusal may come from a deadline that a busy machine made too short.
+        self._accepted: LruMap[str, PdfFacts] = LruMap(remembered_files)
         self._idle: queue.SimpleQueue[_WorkerProcess] = queue.SimpleQueue()
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([_WORKER_MODULE])
@@ -125,7 +125,7 @@ class PdfInspector:
             facts = worker.check(path, sha256, self._timeout_s)
         finally:
             self._idle.put(worker)
-        self._accepted.add(facts)
+        self._accepted.put(facts.sha256, facts)
         return facts
 
     def remembered(self, sha256: str, size: int) -> PdfFacts | None:
@@ -147,34 +147,6 @@ class PdfInspector:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class _AcceptedFiles:
-    """The facts of the last `capacity` accepted files, by SHA-256 (thread-safe).
-
-    Only acceptances: a refusal may come from a deadline that a busy machine made too short.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._facts: OrderedDict[str, PdfFacts] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, sha256: str) -> PdfFacts | None:
-        with self._lock:
-            facts = self._facts.get(sha256)
-            if facts is not None:
-                self._facts.move_to_end(sha256)
-            return facts
-
-    def add(self, facts: PdfFacts) -> None:
-        if self._capacity == 0:
-            return
-        with self._lock:
-            self._facts[facts.sha256] = facts
-            self._facts.move_to_end(facts.sha256)
-            if len(self._facts) > self._capacity:
-                self._facts.popitem(last=False)
 
 
 class _WorkerProcess:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import jwt
 import pytest
 
 from shared import auth
-from shared.auth import CLOCK_LEEWAY_S, Principal, Role, TokenVerifier, VerifiedTokens, mint_token
+from shared.auth import CLOCK_LEEWAY_S, Principal, Role, TokenVerifier, mint_token
 from shared.errors import Unauthorized
 
 SECRET = "unit-test-secret-for-hs256-0123456789"
@@ -52,14 +51,3 @@ def test_a_refused_token_is_refused_every_time() -> None:
     for _ in range(2):
         assert unauthorized_code(verifier, forged) == "token_invalid"
         assert unauthorized_code(verifier, expired) == "token_expired"
-
-
-def test_the_least_recently_used_token_is_forgotten_first() -> None:
-    remembered = VerifiedTokens(capacity=2)
-    principal = Principal(sub="u", role=Role.STAFF)
-    until = time.time() + 60
-    remembered.put("a", principal, until)
-    remembered.put("b", principal, until)
-    assert remembered.get("a") is not None  # now "b" is the least recently used
-    remembered.put("c", principal, until)
-    assert (remembered.get("a"), remembered.get("b"), remembered.get("c")) == ((principal, until), None, (principal, until))
