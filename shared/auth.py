@@ -24,6 +24,9 @@ ASYMMETRIC_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 CLOCK_LEEWAY_S = 30
 # Verified tokens remembered (until they expire): a client sends the same token with every request.
 VERIFIED_TOKENS_REMEMBERED = 4096
+# A key set fetched from AUTH_JWKS_URL is used this long; a key removed from it stops being
+# accepted within this time, by tokens remembered as verified too.
+JWKS_LIFESPAN_S = 300.0
 
 
 class Role(StrEnum):
@@ -58,11 +61,19 @@ class TokenVerifier:
 
     A token that verified once is remembered until it expires: checking its signature again
     would give the same answer (a JWT is not revoked before its `exp`), and the check costs more
-    CPU than the rest of a small request. Tokens that fail are not remembered.
+    CPU than the rest of a small request. With a JWKS URL the answer may change (a key removed
+    from the set), so a token is checked again once the key set it was checked with is due for
+    a refresh. Tokens that fail are not remembered.
     """
 
     def __init__(
-        self, *, secret: str = "", public_key: str = "", jwks_url: str = "", remember: int = VERIFIED_TOKENS_REMEMBERED
+        self,
+        *,
+        secret: str = "",
+        public_key: str = "",
+        jwks_url: str = "",
+        jwks_lifespan_s: float = JWKS_LIFESPAN_S,
+        remember: int = VERIFIED_TOKENS_REMEMBERED,
     ):
         if not (secret or public_key or jwks_url):
             msg = "AUTH_SECRET, AUTH_PUBLIC_KEY or AUTH_JWKS_URL must be set"
@@ -70,33 +81,42 @@ class TokenVerifier:
         self._secret = secret
         self._public_key = public_key
         self._jwks_url = jwks_url
-        # Per token: its principal, and the time (epoch seconds) from which it counts as expired.
-        # Looking a token up never verifies it (so never blocks on a key fetch).
-        self._verified: LruMap[str, tuple[Principal, float]] = LruMap(remember)
-
-    @property
-    def may_block(self) -> bool:
-        """Verifying may fetch the key set over the network."""
-        return bool(self._jwks_url)
+        self._jwks_lifespan_s = jwks_lifespan_s
+        # Per token: its principal, the time (epoch seconds) from which it counts as expired, and
+        # the time until which it is trusted without a check. A lookup never verifies (so never
+        # blocks on a key fetch).
+        self._verified: LruMap[str, tuple[Principal, float, float]] = LruMap(remember)
 
     async def verify_on_loop(self, token: str) -> Principal:
         """`verify` for the event loop: a check that may fetch keys over the network (JWKS) runs in
-        the thread pool, unless the token was verified before."""
-        if self.may_block and self._verified.get(token) is None:
-            return await run_in_threadpool(self.verify, token)
-        return self.verify(token)
+        the thread pool, unless the token is remembered."""
+        remembered = self._remembered(token)
+        if remembered is not None:
+            return remembered
+        if self._jwks_url:
+            return await run_in_threadpool(self._check, token)
+        return self._check(token)
+
+    def verify(self, token: str) -> Principal:
+        return self._remembered(token) or self._check(token)
 
     @cached_property
     def _jwks_client(self) -> jwt.PyJWKClient:
-        return jwt.PyJWKClient(self._jwks_url, cache_keys=True, timeout=5)
+        # Not `cache_keys`: PyJWT would keep each key it found for good, even once removed from the set.
+        return jwt.PyJWKClient(self._jwks_url, lifespan=self._jwks_lifespan_s, timeout=5)
 
-    def verify(self, token: str) -> Principal:
+    def _remembered(self, token: str) -> Principal | None:
+        """The principal of a token verified before and trusted still; raises if it has expired since."""
         remembered = self._verified.get(token)
-        if remembered is not None:
-            principal, expires_at = remembered
-            if time.time() < expires_at:
-                return principal
+        if remembered is None:
+            return None
+        principal, expires_at, trusted_until = remembered
+        now = time.time()
+        if now >= expires_at:
             raise _expired()
+        return principal if now < trusted_until else None
+
+    def _check(self, token: str) -> Principal:
         try:
             claims = self._decode(token)
         except jwt.ExpiredSignatureError:
@@ -105,7 +125,9 @@ class TokenVerifier:
             raise Unauthorized("The token is not valid.", code="token_invalid") from None
         principal = principal_from_claims(claims)
         # PyJWT's rule: expired once `exp <= now - leeway`; `exp` is a number once decoded.
-        self._verified.put(token, (principal, float(claims["exp"]) + CLOCK_LEEWAY_S))
+        expires_at = float(claims["exp"]) + CLOCK_LEEWAY_S
+        trusted_until = min(expires_at, time.time() + self._jwks_lifespan_s) if self._jwks_url else expires_at
+        self._verified.put(token, (principal, expires_at, trusted_until))
         return principal
 
     def _decode(self, token: str) -> dict[str, Any]:
