@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
@@ -45,32 +45,38 @@ MirrorT = TypeVar("MirrorT", bound=Mirror)
 
 # A provider who set `completed` by mistake has this long to correct it before the reminder goes out.
 DEFAULT_REVIEW_REMINDER_DELAY = timedelta(minutes=5)
+# A reminder is worth sending while its cause is recent. A notifier first started on an existing
+# history, or back after a long outage, learns of old causes: their notifications are recorded
+# cancelled (staff see why), not sent.
+DEFAULT_MAX_CAUSE_AGE = timedelta(days=14)
+TOO_LATE = "the notifier learned of its cause too late (more than REMINDER_MAX_CAUSE_AGE_S after it)"
 
 
 @dataclass(frozen=True)
 class ReminderTimings:
-    """How long after its cause each kind of reminder goes out."""
+    """How long after its cause each kind of reminder goes out, and how old a cause may be."""
 
     review_reminder_delay: timedelta = DEFAULT_REVIEW_REMINDER_DELAY
     linkedin_invite_delay: timedelta = timedelta(0)
+    max_cause_age: timedelta = DEFAULT_MAX_CAUSE_AGE
 
-    ENV_KEYS = ("REVIEW_REMINDER_DELAY_S", "LINKEDIN_INVITE_DELAY_S")
+    # Each field's variable in the application's environment, in seconds.
+    ENV_KEYS: ClassVar[dict[str, str]] = {
+        "review_reminder_delay": "REVIEW_REMINDER_DELAY_S",
+        "linkedin_invite_delay": "LINKEDIN_INVITE_DELAY_S",
+        "max_cause_age": "REMINDER_MAX_CAUSE_AGE_S",
+    }
 
     @classmethod
     def from_env(cls, env: Environment) -> ReminderTimings:
-        review, linkedin = (env.get(key) for key in cls.ENV_KEYS)
-        default = cls()
-        return cls(
-            review_reminder_delay=timedelta(seconds=float(review)) if review else default.review_reminder_delay,
-            linkedin_invite_delay=timedelta(seconds=float(linkedin)) if linkedin else default.linkedin_invite_delay,
-        )
+        given = {field: env.get(key) for field, key in cls.ENV_KEYS.items()}
+        return cls(**{field: timedelta(seconds=float(raw)) for field, raw in given.items() if raw})
 
     def as_env(self, application_name: str) -> dict[str, str]:
         """Prefixed with the application's name, so that they win over unprefixed variables."""
-        delays = (self.review_reminder_delay, self.linkedin_invite_delay)
         return {
-            f"{application_name.upper()}_{key}": str(delay.total_seconds())
-            for key, delay in zip(self.ENV_KEYS, delays, strict=True)
+            f"{application_name.upper()}_{key}": str(getattr(self, field).total_seconds())
+            for field, key in self.ENV_KEYS.items()
         }
 
 
@@ -181,7 +187,8 @@ class NotifierProcess(EventSourcedProjection[UUID]):
                 follow_up,
                 MessageKind.REVIEW_REMINDER,
                 cause=review_reminder_cause(follow_up.booking_id, event.originator_version),
-                not_before=event.timestamp + self.timings.review_reminder_delay,
+                caused_at=event.timestamp,
+                delay=self.timings.review_reminder_delay,
                 content=self._course(follow_up),
             )
         follow_up.note_status(event.new_status, reminder_id, event.originator_version)
@@ -235,7 +242,8 @@ class NotifierProcess(EventSourcedProjection[UUID]):
             follow_up,
             MessageKind.LINKEDIN_INVITE,
             cause=linkedin_invite_cause(certificate["certificate_id"]),
-            not_before=at + self.timings.linkedin_invite_delay,
+            caused_at=at,
+            delay=self.timings.linkedin_invite_delay,
             content={
                 **self._course(follow_up),
                 "certificate_id": certificate["certificate_id"],
@@ -252,10 +260,12 @@ class NotifierProcess(EventSourcedProjection[UUID]):
         kind: MessageKind,
         *,
         cause: str,
-        not_before: datetime,
+        caused_at: datetime,
+        delay: timedelta,
         content: dict[str, str],
     ) -> UUID:
-        """Schedules the notification for this cause, unless the cause was met before."""
+        """Schedules the notification for this cause `delay` after it, unless the cause was met
+        before; one learned of too late is recorded cancelled."""
         new_id = notification_id(kind, cause)
         if self._find(new_id, Notification) is None:
             participant = follow_up.participant
@@ -267,8 +277,10 @@ class NotifierProcess(EventSourcedProjection[UUID]):
                 recipient={"name": participant["name"], "email": participant["email"]},
                 locale=participant.get("locale", "en"),
                 content=content,
-                not_before=not_before,
+                not_before=caused_at + delay,
             )
+            if datetime.now(UTC) - caused_at > self.timings.max_cause_age:
+                notification.cancel(TOO_LATE)
             processing.collect_events(notification)
         return new_id
 

@@ -167,6 +167,7 @@ class NotifierWorker(SupervisedProjection):
         self._timings = ReminderTimings(
             review_reminder_delay=timedelta(seconds=settings.review_reminder_delay_s),
             linkedin_invite_delay=timedelta(seconds=settings.linkedin_invite_delay_s),
+            max_cause_age=timedelta(seconds=settings.reminder_max_cause_age_s),
         )
 
     def run_once(self, env: dict[str, str], alive: Callable[[], bool]) -> None:

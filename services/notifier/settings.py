@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from services.notifier.application import DEFAULT_REVIEW_REMINDER_DELAY
+from services.notifier.application import DEFAULT_MAX_CAUSE_AGE, DEFAULT_REVIEW_REMINDER_DELAY
 from services.notifier.backoff import MAX_ATTEMPTS
 from services.notifier.mail import sender_domain
 from services.notifier.messages import message_id_for
@@ -33,6 +33,8 @@ class NotifierSettings(ServiceSettings):
     review_reminder_delay_s: float = Field(default=DEFAULT_REVIEW_REMINDER_DELAY.total_seconds(), ge=0)
     """Grace period after `completed` before the review reminder goes out (a mistaken status can be corrected)."""
     linkedin_invite_delay_s: float = Field(default=0.0, ge=0)
+    reminder_max_cause_age_s: float = Field(default=DEFAULT_MAX_CAUSE_AGE.total_seconds(), gt=0)
+    """A reminder whose cause the notifier learns of later than this after it is recorded cancelled, not sent."""
 
     notifier_poll_interval_s: float = Field(default=1.0, gt=0)
     notifier_batch_size: int = Field(default=20, ge=1, le=1000)

@@ -6,13 +6,15 @@ event handled, nothing due): a second mail for the same cause would be counted.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from services.booking.settings import BookingSettings
-from services.notifier.domain import notification_id
+from services.notifier.application import TOO_LATE
+from services.notifier.domain import NotificationState, notification_id
 from services.notifier.main import create_app as create_notifier_app
 from services.notifier.messages import MessageKind
 from services.notifier.settings import NotifierSettings
@@ -161,3 +163,38 @@ def test_reminders_whose_cause_went_away_are_cancelled_and_never_sent(
             "the booking was cancelled",
         )
         assert flow.listed(declined) == []
+
+
+def test_a_notifier_started_on_an_old_history_mails_no_one_about_it(
+    bookings: BookingFlows, notifier_env: dict[str, Any], smtp_server: SmtpTestServer
+) -> None:
+    """Causes older than REMINDER_MAX_CAUSE_AGE_S when the notifier learns of them are recorded cancelled."""
+    max_age_s = 1.0
+    settings = NotifierSettings(
+        **notifier_env | {"reminder_max_cause_age_s": max_age_s}, smtp_host=smtp_server.host, smtp_port=smtp_server.port
+    )
+    with NotifierProbe(settings) as probe:
+        history = NotifierFlow(bookings, probe)
+        old = history.completed("olle")  # before the notifier ever ran
+        reviewed = history.completed("rut")
+        certificate_id = history.upload_certificate(reviewed)
+        history.review(reviewed, "rut")
+        time.sleep(max_age_s + 0.2)
+
+        with TestClient(create_notifier_app(settings)) as notifier:
+            flow = NotifierFlow(bookings, probe, notifier)
+            probe.settle()
+            live = flow.completed("lena")  # learned of at once
+            flow.wait_for(live, MessageKind.REVIEW_REMINDER, "sent")
+            probe.settle()
+
+            assert [message["To"] for message in smtp_server.messages] == ["Lena Svensson <lena@example.se>"]
+            (reminder,) = flow.listed(old)
+            assert (reminder["kind"], reminder["state"], reminder["cancel_reason"]) == (
+                "review_reminder", "cancelled", TOO_LATE,
+            )  # fmt: skip
+            assert {(n["kind"], n["state"]) for n in flow.listed(reviewed)} == {
+                ("review_reminder", "cancelled"), ("linkedin_invite", "cancelled"),
+            }  # fmt: skip
+            invite = probe.notification(notification_id(MessageKind.LINKEDIN_INVITE, f"certificate:{certificate_id}"))
+            assert invite.state is NotificationState.CANCELLED

@@ -42,6 +42,7 @@ def test_without_a_review_page_the_link_points_at_the_booking_service() -> None:
         ("review_url_template", "ftp://www.example.se/{booking_id}", "http"),
         ("smtp_tls", "ssl", "smtp_tls"),
         ("review_reminder_delay_s", -1, "review_reminder_delay_s"),
+        ("reminder_max_cause_age_s", 0, "reminder_max_cause_age_s"),
     ],
 )
 def test_wrong_values_are_refused(field: str, value: object, named: str) -> None:
