@@ -33,7 +33,7 @@ def main() -> int:
     try:
         for name, port, process in processes:
             _wait_until_healthy(name, port, process)
-        print("\nEmbedded mode is up (data under %s/):" % env["DATA_DIR"])
+        print(f"\nEmbedded mode is up (data under {env['DATA_DIR']}/):")
         for name, port, _ in processes:
             print(f"  {name:<12} http://127.0.0.1:{port}   docs: http://127.0.0.1:{port}/docs")
         print("  tokens:      make token ROLE=staff SUB=me      (Ctrl-C stops everything)\n", flush=True)

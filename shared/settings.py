@@ -75,7 +75,5 @@ def load_settings(cls: type[ServiceSettings]) -> ServiceSettings:
     try:
         return cls()
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors())
         raise SystemExit(f"invalid settings: {problems}") from None

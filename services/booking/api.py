@@ -112,7 +112,9 @@ class ActorIn(Strict):
 class UploaderIn(ActorIn):
     provider_id: UUID | None = Field(
         default=None,
-        description="The provider the uploader acts for: when given, the booking must be theirs (else 404, as for the check)",
+        description=(
+            "The provider the uploader acts for: when given, the booking must be theirs (else 404, as for the check)"
+        ),
     )
 
 
@@ -311,7 +313,7 @@ def parse_if_match(if_match: str | None) -> int | None:
         return None
     value = if_match.strip().removeprefix("W/").strip('"')
     if not (value.isascii() and value.isdigit()):
-        raise Invalid("If-Match must be a booking version, e.g. \"3\".", code="invalid_if_match")
+        raise Invalid('If-Match must be a booking version, e.g. "3".', code="invalid_if_match")
     return int(value)
 
 
@@ -444,7 +446,11 @@ def linkedin_add_url(app: BookingApplication, booking: Booking, certificate_base
 
 @bookings.get("/{booking_id}", response_model=BookingOut)
 def get_booking(
-    request: Request, booking_id: UUID, principal: CurrentPrincipal, summaries: Summaries, min_position: MinPosition = None
+    request: Request,
+    booking_id: UUID,
+    principal: CurrentPrincipal,
+    summaries: Summaries,
+    min_position: MinPosition = None,
 ) -> Response:
     wait_for_read_model(request, summaries, min_position)
     row = summaries.get(str(booking_id))
@@ -501,9 +507,7 @@ def check_certificate_upload(booking_id: UUID, body: UploadCheckIn, app: App, pr
 
 
 @internal.post("/{booking_id}/certificates", status_code=201, response_model=BookingOut)
-def record_certificate(
-    booking_id: UUID, body: CertificateRecordIn, app: App, principal: CurrentPrincipal
-) -> Response:
+def record_certificate(booking_id: UUID, body: CertificateRecordIn, app: App, principal: CurrentPrincipal) -> Response:
     """With a service token, once the file is stored: records CertificateUploaded."""
     certificate = CertificateFile(
         certificate_id=body.certificate_id,

@@ -93,9 +93,7 @@ class BookingApplication(Application[UUID]):
         def command(provider: Provider) -> None:
             provider.link_linkedin_page(organization_id, actor_of(principal))
 
-        return self._update(
-            provider_id, Provider, command, visible=lambda p: may_manage_provider(principal, p.id)
-        )
+        return self._update(provider_id, Provider, command, visible=lambda p: may_manage_provider(principal, p.id))
 
     def register_product(
         self, principal: Principal, *, product_id: UUID | None, provider_id: UUID, title: str
@@ -188,9 +186,7 @@ class BookingApplication(Application[UUID]):
         return self._participant_command(principal, booking_id, command, "record consent")
 
     def submit_review(self, principal: Principal, booking_id: UUID, rating: int, text: str | None) -> CommandResult:
-        return self._participant_command(
-            principal, booking_id, lambda b, a: b.submit_review(rating, text, a), "review"
-        )
+        return self._participant_command(principal, booking_id, lambda b, a: b.submit_review(rating, text, a), "review")
 
     def record_certificate_upload(
         self,

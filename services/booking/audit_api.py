@@ -137,9 +137,7 @@ def audit_trail(
     description="Rebuilt from the booking's events up to and including `as_of` (default: now).",
     responses={403: {"description": "not staff"}, 404: {"description": "no such booking, or not yet requested then"}},
 )
-def booking_history(
-    booking_id: UUID, _staff: Staff, app: App, as_of: AwareDatetime | None = None
-) -> BookingHistoryOut:
+def booking_history(booking_id: UUID, _staff: Staff, app: App, as_of: AwareDatetime | None = None) -> BookingHistoryOut:
     moment = utc(as_of, "as_of") if as_of else datetime.now(UTC)
     history = booking_as_of(app, booking_id, moment)
     return BookingHistoryOut(

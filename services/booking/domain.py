@@ -64,7 +64,7 @@ class Provider(Aggregate):
     @event("ProviderRegistered")
     def __init__(
         self,
-        id: UUID,  # noqa: A002
+        id: UUID,
         name: str,
         linkedin_organization_id: str | None,
         logo_url: str | None,
@@ -88,7 +88,7 @@ class Product(Aggregate):
     @event("ProductRegistered")
     def __init__(
         self,
-        id: UUID,  # noqa: A002
+        id: UUID,
         provider_id: UUID,
         title: str,
         actor_id: str,
@@ -123,7 +123,7 @@ class Booking(Aggregate):
     @event("BookingRequested")
     def __init__(
         self,
-        id: UUID,  # noqa: A002
+        id: UUID,
         product_id: UUID,
         provider_id: UUID,
         participant: dict[str, str],
@@ -199,9 +199,7 @@ class Booking(Aggregate):
         old_status = self.status
         self._status_changed(old_status.value, new_status.value, actor.id, actor.role)
         if old_status is Status.COMPLETED:
-            self._revoke_active(
-                f"participation status changed from {old_status.value} to {new_status.value}", actor
-            )
+            self._revoke_active(f"participation status changed from {old_status.value} to {new_status.value}", actor)
 
     def give_results_consent(self, actor: Actor) -> None:
         self._require_open("record consent")

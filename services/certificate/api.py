@@ -297,7 +297,9 @@ class BookingCheck:
     def ask(self, *, contains_results: bool) -> None:
         """Asks now, unless asked already; `answered` waits for the answer."""
         if self._answer is None:
-            question = self._gateway.check_upload(self._authorization, self._booking_id, contains_results=contains_results)
+            question = self._gateway.check_upload(
+                self._authorization, self._booking_id, contains_results=contains_results
+            )
             self._answer = asyncio.ensure_future(question)
 
     async def answered(self) -> None:
@@ -333,7 +335,11 @@ def parse_upload_fields(fields: dict[str, str]) -> UploadFields:
 
 @certificates.get("/v1/bookings/{booking_id}/certificate", response_model=CertificateOut)
 def active_certificate(
-    request: Request, booking_id: UUID, principal: CurrentPrincipal, registry: Registry, min_position: MinPosition = None
+    request: Request,
+    booking_id: UUID,
+    principal: CurrentPrincipal,
+    registry: Registry,
+    min_position: MinPosition = None,
 ) -> CertificateOut:
     wait_for_registry(request, registry, min_position)
     certificate = registry.active_for_booking(str(booking_id))
@@ -344,7 +350,11 @@ def active_certificate(
 
 @certificates.get("/v1/certificates/{certificate_id}", response_model=CertificateOut)
 def get_certificate(
-    request: Request, certificate_id: UUID, principal: CurrentPrincipal, registry: Registry, min_position: MinPosition = None
+    request: Request,
+    certificate_id: UUID,
+    principal: CurrentPrincipal,
+    registry: Registry,
+    min_position: MinPosition = None,
 ) -> CertificateOut:
     """Any certificate, also a revoked or superseded one."""
     certificate = find_certificate(request, registry, principal, str(certificate_id), min_position)
@@ -357,7 +367,11 @@ def get_certificate(
     responses={200: {"content": {"application/pdf": {}}, "description": "The PDF as uploaded"}},
 )
 def download_certificate(
-    request: Request, certificate_id: UUID, principal: CurrentPrincipal, registry: Registry, min_position: MinPosition = None
+    request: Request,
+    certificate_id: UUID,
+    principal: CurrentPrincipal,
+    registry: Registry,
+    min_position: MinPosition = None,
 ) -> StreamingResponse:
     """Every download is recorded (who, when) before a byte is sent; no record, no file."""
     certificate = find_certificate(request, registry, principal, str(certificate_id), min_position)

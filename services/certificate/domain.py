@@ -15,7 +15,7 @@ class CertificateAccessLog(Aggregate):
     """Every download of one certificate's file, in order. Id: the certificate id."""
 
     @event("AccessLogOpened")
-    def __init__(self, id: UUID, booking_id: UUID) -> None:  # noqa: A002
+    def __init__(self, id: UUID, booking_id: UUID) -> None:
         self.booking_id = booking_id
         self.downloads = 0
 

@@ -8,6 +8,7 @@ same verdict, so the facts of recently accepted files are remembered by their SH
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -191,10 +192,8 @@ class _WorkerProcess:
     def _kill(self) -> None:
         # A worker stuck in a parse never comes back for a shutdown request: end it.
         if self._pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def stop(self) -> None:
         if self._executor is not None:
@@ -209,5 +208,3 @@ def _prepare_worker(max_memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     # pypdf logs every repair it attempts; the verdict says all that matters here.
     logging.getLogger("pypdf").setLevel(logging.CRITICAL)
-
-

@@ -46,8 +46,7 @@ REFUSALS: dict[str, tuple[int, str]] = {
     ),
     "pdf_encrypted": (
         422,
-        "The PDF is password-protected or encrypted. Save it without a password or protection "
-        "and upload it again.",
+        "The PDF is password-protected or encrypted. Save it without a password or protection and upload it again.",
     ),
     "pdf_javascript": (
         422,
@@ -171,9 +170,7 @@ def _find_active_content(root: Any) -> str | None:
             refusal = _refusal_for(item)
             if refusal:
                 return refusal
-            pending.extend(
-                value for key, value in item.items() if key not in INERT_KEYS and _may_hold_objects(value)
-            )
+            pending.extend(value for key, value in item.items() if key not in INERT_KEYS and _may_hold_objects(value))
         elif isinstance(item, ArrayObject):
             pending.extend(value for value in item if _may_hold_objects(value))
     return None
@@ -211,4 +208,3 @@ def _decode_contents(contents: Any) -> None:
         # Unfiltered streams are stored as they are: nothing to expand.
         if isinstance(stream, StreamObject) and "/Filter" in stream:
             decode_stream_data(stream)
-

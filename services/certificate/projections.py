@@ -119,8 +119,7 @@ class CertificateRegistry(SqlView):
 
     def active_for_booking(self, booking_id: str) -> RegisteredCertificate | None:
         return self._one(
-            f"{_SELECT_CERTIFICATES} WHERE c.booking_id = :id AND c.state = 'valid'"
-            " ORDER BY c.issued_at DESC LIMIT 1",
+            f"{_SELECT_CERTIFICATES} WHERE c.booking_id = :id AND c.state = 'valid' ORDER BY c.issued_at DESC LIMIT 1",
             {"id": booking_id},
         )
 
@@ -129,7 +128,10 @@ class CertificateRegistry(SqlView):
         return {row["sha256"] for row in self.fetch_all("SELECT DISTINCT sha256 FROM certificate_registry")}
 
     def references(self, sha256: str) -> bool:
-        return self.fetch_one("SELECT 1 AS found FROM certificate_registry WHERE sha256 = :s LIMIT 1", {"s": sha256}) is not None
+        return (
+            self.fetch_one("SELECT 1 AS found FROM certificate_registry WHERE sha256 = :s LIMIT 1", {"s": sha256})
+            is not None
+        )
 
     def tracked_position(self, application_name: str) -> int:
         """The last event of that application the registry has processed (0: none yet)."""
@@ -180,7 +182,8 @@ class CertificateRegistryProjection(Projection[CertificateRegistry]):
         self.view.write(
             tracking,
             (
-                "UPDATE certificate_registry_providers SET linkedin_organization_id = :linkedin WHERE provider_id = :id",
+                "UPDATE certificate_registry_providers SET linkedin_organization_id = :linkedin"
+                " WHERE provider_id = :id",
                 {"id": str(event.originator_id), "linkedin": event.organization_id},
             ),
         )
@@ -253,7 +256,8 @@ class CertificateRegistryProjection(Projection[CertificateRegistry]):
         if event.supersedes is not None:
             statements.append(
                 (
-                    "UPDATE certificate_registry SET state = 'superseded', superseded_by = :new WHERE certificate_id = :old",
+                    "UPDATE certificate_registry SET state = 'superseded', superseded_by = :new"
+                    " WHERE certificate_id = :old",
                     {"new": certificate_id, "old": str(event.supersedes)},
                 )
             )

@@ -15,7 +15,7 @@ import stat as stat_mode
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -110,9 +110,7 @@ class ObjectStorage(Protocol):
     def ping(self) -> None:
         """Raise StorageUnavailable quickly when the storage cannot be used."""
 
-    def put_file(
-        self, key: str, path: Path, *, size: int, sha256: str, content_type: str = "application/pdf"
-    ) -> None:
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str, content_type: str = "application/pdf") -> None:
         """Store the file under the key, streaming it. The caller vouches for size and sha256:
         a mismatch raises ValueError and stores nothing (on S3 the endpoint checks the hash).
         An object already stored under the key with that size is kept (keys are
@@ -147,9 +145,7 @@ class LocalFolderStorage:
         if not self._root.is_dir() or not os.access(self._root, os.W_OK | os.X_OK):
             raise StorageUnavailable(f"storage folder {self._root} is missing or not writable")
 
-    def put_file(
-        self, key: str, path: Path, *, size: int, sha256: str, content_type: str = "application/pdf"
-    ) -> None:
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str, content_type: str = "application/pdf") -> None:
         target = self._path_of(key)
         _check_declared_file(path, size=size, sha256=sha256)
         self.ping()  # like a missing bucket: never recreate a missing root behind ensure_ready
@@ -266,9 +262,7 @@ class MinioStorage:
         if not exists:
             raise StorageUnavailable(f"bucket {self._bucket!r} does not exist")
 
-    def put_file(
-        self, key: str, path: Path, *, size: int, sha256: str, content_type: str = "application/pdf"
-    ) -> None:
+    def put_file(self, key: str, path: Path, *, size: int, sha256: str, content_type: str = "application/pdf") -> None:
         validate_object_key(key)
         _check_declared_file(path, size=size, sha256=sha256)
         with path.open("rb") as body, _s3_errors():
@@ -300,13 +294,9 @@ class MinioStorage:
         _validate_prefix(prefix)
         with _s3_errors():
             for found in self._client.list_objects(self._bucket, prefix=prefix, recursive=True):
-                yield StoredObject(
-                    key=found.object_name, size=found.size, last_modified=found.last_modified
-                )
+                yield StoredObject(key=found.object_name, size=found.size, last_modified=found.last_modified)
 
-    def _put_signed(
-        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
-    ) -> None:
+    def _put_signed(self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str) -> None:
         # The SDK's put_object reads whole parts (>= 5 MiB, several in parallel) into memory.
         # This single PUT streams the open file instead, and signs the known SHA-256 as the
         # payload hash, so MinIO / S3 refuse a body that does not match it. It is conditional
@@ -477,7 +467,7 @@ def _stored_object(key: str, info: os.stat_result) -> StoredObject:
     return StoredObject(
         key=key,
         size=info.st_size,
-        last_modified=datetime.fromtimestamp(info.st_mtime, tz=timezone.utc),
+        last_modified=datetime.fromtimestamp(info.st_mtime, tz=UTC),
     )
 
 
@@ -487,9 +477,7 @@ def _file_chunks(file: BinaryIO, chunk_size: int) -> Generator[bytes, None, None
             yield chunk
 
 
-def _response_chunks(
-    response: urllib3.BaseHTTPResponse, chunk_size: int
-) -> Generator[bytes, None, None]:
+def _response_chunks(response: urllib3.BaseHTTPResponse, chunk_size: int) -> Generator[bytes, None, None]:
     with _s3_errors():
         # Raw bytes as stored: never let the transport decode a Content-Encoding.
         yield from response.stream(chunk_size, decode_content=False)

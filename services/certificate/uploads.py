@@ -75,20 +75,24 @@ class UploadIntents(SqlStore):
     tables = (
         "CREATE TABLE IF NOT EXISTS certificate_upload_intents ("
         " certificate_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL, started_at TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS certificate_upload_intents_sha256 ON certificate_upload_intents (sha256, started_at)",
+        "CREATE INDEX IF NOT EXISTS certificate_upload_intents_sha256"
+        " ON certificate_upload_intents (sha256, started_at)",
     )
 
     def begin(self, certificate_id: str, sha256: str, at: datetime) -> None:
         with self._cursor(commit=True) as cursor:
             self.execute(
                 cursor,
-                "INSERT INTO certificate_upload_intents (certificate_id, sha256, started_at) VALUES (:id, :sha256, :at)",
+                "INSERT INTO certificate_upload_intents (certificate_id, sha256, started_at)"
+                " VALUES (:id, :sha256, :at)",
                 {"id": certificate_id, "sha256": sha256, "at": iso(at)},
             )
 
     def forget(self, certificate_id: str) -> None:
         with self._cursor(commit=True) as cursor:
-            self.execute(cursor, "DELETE FROM certificate_upload_intents WHERE certificate_id = :id", {"id": certificate_id})
+            self.execute(
+                cursor, "DELETE FROM certificate_upload_intents WHERE certificate_id = :id", {"id": certificate_id}
+            )
 
     def is_claimed(self, sha256: str, since: datetime) -> bool:
         row = self.fetch_one(
@@ -99,7 +103,9 @@ class UploadIntents(SqlStore):
 
     def prune(self, before: datetime) -> None:
         with self._cursor(commit=True) as cursor:
-            self.execute(cursor, "DELETE FROM certificate_upload_intents WHERE started_at < :before", {"before": iso(before)})
+            self.execute(
+                cursor, "DELETE FROM certificate_upload_intents WHERE started_at < :before", {"before": iso(before)}
+            )
 
 
 def uploaded_by(uploader: Principal) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -146,9 +146,9 @@ def render_verify_page(answer: dict, *, locale: str) -> str:
         answer=answer,
         issued_on=_date(answer["issued_at"], locale),
         checked_at=format_datetime(
-            _parse(answer["checked_at"]).astimezone(timezone.utc),
+            _parse(answer["checked_at"]).astimezone(UTC),
             format="long",
-            tzinfo=timezone.utc,
+            tzinfo=UTC,
             locale=locale,
         ),
     )

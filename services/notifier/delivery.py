@@ -33,6 +33,7 @@ from shared.linkedin import add_to_profile_url
 
 log = structlog.get_logger(__name__)
 
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

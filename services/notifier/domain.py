@@ -65,7 +65,7 @@ class Notification(Aggregate):
     @event("NotificationScheduled")
     def __init__(
         self,
-        id: UUID,  # noqa: A002
+        id: UUID,
         kind: str,
         cause: str,
         booking_id: UUID,
@@ -185,7 +185,7 @@ class ProviderCard(Mirror):
         return uuid5(NAMESPACE, f"provider:{provider_id}")
 
     @event("Opened")
-    def __init__(self, id: UUID, name: str, organization_id: str | None, seen_version: int) -> None:  # noqa: A002
+    def __init__(self, id: UUID, name: str, organization_id: str | None, seen_version: int) -> None:
         self.name = name
         self.organization_id = organization_id
         self.seen_version = seen_version
@@ -202,7 +202,7 @@ class ProductCard(Mirror):
         return uuid5(NAMESPACE, f"product:{product_id}")
 
     @event("Opened")
-    def __init__(self, id: UUID, title: str, seen_version: int) -> None:  # noqa: A002
+    def __init__(self, id: UUID, title: str, seen_version: int) -> None:
         self.title = title
         self.seen_version = seen_version
 
@@ -217,7 +217,7 @@ class BookingFollowUp(Mirror):
     @event("Opened")
     def __init__(
         self,
-        id: UUID,  # noqa: A002
+        id: UUID,
         booking_id: UUID,
         product_id: UUID,
         provider_id: UUID,

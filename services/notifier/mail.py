@@ -8,7 +8,7 @@ import re
 import smtplib
 import ssl
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -48,12 +48,10 @@ def build_mime(message: OutgoingMessage, *, sender: str) -> EmailMessage:
         recipient = Address(display_name=message.to_name, addr_spec=message.to_address)
     except (ValueError, HeaderParseError) as exc:
         # An address that does not parse can never be delivered.
-        raise MailDeliveryError(
-            f"invalid recipient address {message.to_address!r}: {exc}", permanent=True
-        ) from exc
+        raise MailDeliveryError(f"invalid recipient address {message.to_address!r}: {exc}", permanent=True) from exc
     mime = EmailMessage(policy=email.policy.SMTP)
     mime["Message-ID"] = message.message_id
-    mime["Date"] = format_datetime(datetime.now(timezone.utc))
+    mime["Date"] = format_datetime(datetime.now(UTC))
     mime["From"] = sender
     mime["To"] = recipient
     mime["Subject"] = message.subject
@@ -95,10 +93,7 @@ class SmtpMailer:
         self._ssl_context = ssl.create_default_context() if tls != "none" else None
 
     def __repr__(self) -> str:
-        return (
-            f"SmtpMailer(host={self._host!r}, port={self._port}, tls={self._tls!r}, "
-            f"username={self._username!r})"
-        )
+        return f"SmtpMailer(host={self._host!r}, port={self._port}, tls={self._tls!r}, username={self._username!r})"
 
     def send(self, message: OutgoingMessage, *, sender: str) -> None:
         mime = build_mime(message, sender=sender)
@@ -124,9 +119,7 @@ class SmtpMailer:
         try:
             code, reply = smtp.noop()
         except OSError as exc:
-            raise MailDeliveryError(
-                f"SMTP {self._host}:{self._port} NOOP failed: {exc!r}", permanent=False
-            ) from exc
+            raise MailDeliveryError(f"SMTP {self._host}:{self._port} NOOP failed: {exc!r}", permanent=False) from exc
         finally:
             _close_quietly(smtp)
         if code != 250:
@@ -185,7 +178,7 @@ class EmlFolderMailer:
 
     def send(self, message: OutgoingMessage, *, sender: str) -> None:
         data = build_mime(message, sender=sender).as_bytes()
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         name = f"{stamp}-{_UNSAFE_FILE_CHARS.sub('_', message.message_id.strip('<>'))}.eml"
         try:
             self._folder.mkdir(parents=True, exist_ok=True)

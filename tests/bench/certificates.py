@@ -18,6 +18,7 @@ from uuid import UUID
 
 import httpx
 import psycopg
+
 from tests.bench.apps import BARE_PATH
 from tests.bench.loadgen import RequestSpec
 from tests.bench.processes import REPO, Server, start_process, start_uvicorn
@@ -133,7 +134,9 @@ class CertificateBench:
             [
                 self.upload_request(ids[c::UPLOAD_CONNECTIONS][n], body)
                 for n in range(NEW_FILES_PER_CONNECTION)
-                for body in [upload_body(self.pdfs[n % len(self.pdfs)], self.folder, variant=c * NEW_FILES_PER_CONNECTION + n)]
+                for body in [
+                    upload_body(self.pdfs[n % len(self.pdfs)], self.folder, variant=c * NEW_FILES_PER_CONNECTION + n)
+                ]
             ]
             for c in range(UPLOAD_CONNECTIONS)
         ]
@@ -144,7 +147,9 @@ class CertificateBench:
             access_key=moto.access_key, secret_key=moto.secret_key, bucket=BUCKET,
         )  # fmt: skip
         # The target is on new files: only they are checked, stored and recorded, as the puts store them.
-        self.bench.report.add(Figure("f.upload_new_files_vs_s3_put", upload_new, puts, target_ratio=UPLOAD_RATIO_TARGET))
+        self.bench.report.add(
+            Figure("f.upload_new_files_vs_s3_put", upload_new, puts, target_ratio=UPLOAD_RATIO_TARGET)
+        )
         self.bench.report.add(Figure("f.upload_issued_before_vs_s3_put", upload, puts))
 
     def issue_once(self, api: Server, booking_id: UUID, bodies: list[tuple[str, Path]]) -> None:
@@ -174,7 +179,9 @@ class CertificateBench:
         connections = [requests[i % len(requests) :] + requests[: i % len(requests)] for i in range(VERIFY_CONNECTIONS)]
         verify = self.bench.load(api, connections, f"GET /verify/{{id}} (JSON), {VERIFY_CONNECTIONS} conn.")
         bare_measure = self.bench.load(
-            bare, [[RequestSpec("GET", BARE_PATH)]] * VERIFY_CONNECTIONS, f"bare FastAPI constant, {VERIFY_CONNECTIONS} conn."
+            bare,
+            [[RequestSpec("GET", BARE_PATH)]] * VERIFY_CONNECTIONS,
+            f"bare FastAPI constant, {VERIFY_CONNECTIONS} conn.",
         )
         self.bench.report.add(Figure("f.verify_vs_bare", verify, bare_measure, target_ratio=VERIFY_RATIO_TARGET))
 

@@ -42,7 +42,7 @@ def _raw_insert_ops(spec: dict[str, Any]) -> list[Callable[[], None]]:
         conn = psycopg.connect(spec["database_url"], autocommit=True)
         statement = f"INSERT INTO {RAW_TABLE} (payload) VALUES (%s)"
 
-        def insert(conn: psycopg.Connection[Any] = conn) -> None:
+        def insert(conn: psycopg.Connection[Any] = conn, statement: str = statement) -> None:
             conn.execute(statement, (RAW_PAYLOAD,), prepare=True)
 
         ops.append(insert)

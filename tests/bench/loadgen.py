@@ -157,7 +157,7 @@ async def _drive(spec: LoadSpec) -> LoadResult:
 
 
 def main() -> None:
-    spec = LoadSpec.from_json(json.loads(open(sys.argv[1], encoding="utf-8").read()))
+    spec = LoadSpec.from_json(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8")))
     result = uvloop.run(_drive(spec))
     json.dump(asdict(result), sys.stdout)
 

@@ -107,7 +107,8 @@ def wait_until_ready(server: Server, path: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            msg = f"{server.name} exited with {server.process.returncode}; see {tempfile.gettempdir()}/bench-{server.name}.log"
+            log_file = f"{tempfile.gettempdir()}/bench-{server.name}.log"
+            msg = f"{server.name} exited with {server.process.returncode}; see {log_file}"
             raise RuntimeError(msg)
         try:
             if httpx.get(server.base_url + path, timeout=2).status_code == 200:

@@ -36,7 +36,6 @@ from tests.bench.loadgen import LoadResult, LoadSpec, RequestSpec
 from tests.bench.processes import (
     REPO,
     Server,
-    fresh_database,
     run_json_process,
     run_together,
     start_process,
@@ -123,7 +122,9 @@ class Bench:
         positions = " UNION ALL ".join(
             f"SELECT coalesce(max(notification_id), 0) AS tracked FROM {t} WHERE application_name = %s" for t in tables
         )
-        query = f"SELECT (SELECT max(notification_id) FROM {seed.EVENTS_TABLE}), (SELECT min(tracked) FROM ({positions}) p)"
+        query = (
+            f"SELECT (SELECT max(notification_id) FROM {seed.EVENTS_TABLE}), (SELECT min(tracked) FROM ({positions}) p)"
+        )
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.url, autocommit=True) as conn:
             while True:
@@ -141,7 +142,11 @@ class Bench:
     @contextmanager
     def servers(self) -> Iterator[tuple[Server, Server]]:
         booking = start_uvicorn(
-            "booking-api", "tests.bench.apps:booking_app", self.service_env, workers=SERVER_WORKERS, ready_path="/readyz"
+            "booking-api",
+            "tests.bench.apps:booking_app",
+            self.service_env,
+            workers=SERVER_WORKERS,
+            ready_path="/readyz",
         )
         bare = start_uvicorn("bare-api", "tests.bench.apps:bare_app", {}, workers=SERVER_WORKERS, ready_path=BARE_PATH)
         self.worker = self._start_projection_worker()
@@ -154,7 +159,9 @@ class Bench:
 
     def _start_projection_worker(self) -> Server:
         return start_process(
-            "booking-worker", [sys.executable, "-c", "from services.booking.worker import main; main()"], self.service_env
+            "booking-worker",
+            [sys.executable, "-c", "from services.booking.worker import main; main()"],
+            self.service_env,
         )
 
     @contextmanager
@@ -175,9 +182,13 @@ class Bench:
             threads = clients // processes + (1 if p < clients % processes else 0)
             specs.append(
                 {
-                    "kind": kind, "database_url": self.url, "threads": threads,
-                    "warmup": self.scale.warmup, "seconds": self.scale.seconds, **spec,
-                }  # fmt: skip
+                    "kind": kind,
+                    "database_url": self.url,
+                    "threads": threads,
+                    "warmup": self.scale.warmup,
+                    "seconds": self.scale.seconds,
+                    **spec,
+                }
             )
             if "bookings" in spec:
                 specs[-1]["bookings"] = spec["bookings"][p::processes]
@@ -250,15 +261,21 @@ class Bench:
         commit = self._single_commit_latency()
         self.report.add(
             Figure(
-                f"b.projection_lag_p50{suffix}", Measure(f"projection lag p50{suffix}", lags.p50, "ms"), commit,
+                f"b.projection_lag_p50{suffix}",
+                Measure(f"projection lag p50{suffix}", lags.p50, "ms"),
+                commit,
                 note=f"{len(lags.values)} events",
-            )  # fmt: skip
+            )
         )
         self.report.add(
             Figure(
-                f"b.projection_lag_p99{suffix}", Measure(f"projection lag p99{suffix}", lags.p99, "ms"), commit,
-                target_value=LAG_P99_TARGET_MS, at_most=True, note=f"{len(lags.values)} events",
-            )  # fmt: skip
+                f"b.projection_lag_p99{suffix}",
+                Measure(f"projection lag p99{suffix}", lags.p99, "ms"),
+                commit,
+                target_value=LAG_P99_TARGET_MS,
+                at_most=True,
+                note=f"{len(lags.values)} events",
+            )
         )
 
     def _single_commit_latency(self) -> Measure:
@@ -274,15 +291,18 @@ class Bench:
     def query_figures(self, booking: Server, bare: Server, detail_ids: list[UUID], *, suffix: str = "") -> Measure:
         """(e): detail and list requests/s vs a bare endpoint in the same uvicorn setup."""
         bare_measure = self.load(
-            bare, [[RequestSpec("GET", BARE_PATH)]] * QUERY_CONNECTIONS, f"bare FastAPI constant, {QUERY_CONNECTIONS} conn."
+            bare,
+            [[RequestSpec("GET", BARE_PATH)]] * QUERY_CONNECTIONS,
+            f"bare FastAPI constant, {QUERY_CONNECTIONS} conn.",
         )
         per_connection = max(1, len(detail_ids) // QUERY_CONNECTIONS)
         detail = self.load(
             booking,
             [
-                [RequestSpec("GET", f"/v1/bookings/{b}", self.provider_headers) for b in detail_ids[i::QUERY_CONNECTIONS]][
-                    :per_connection
-                ]
+                [
+                    RequestSpec("GET", f"/v1/bookings/{b}", self.provider_headers)
+                    for b in detail_ids[i::QUERY_CONNECTIONS]
+                ][:per_connection]
                 for i in range(QUERY_CONNECTIONS)
             ],
             f"GET /v1/bookings/{{id}}, {QUERY_CONNECTIONS} conn.{suffix}",
@@ -301,7 +321,9 @@ class Bench:
         result = run_json_process("tests.bench.rebuild", {"database_url": self.url, "timeout": 3600}, timeout=7200)
         events = result["events"]
         read = Measure("select_notifications, pages of 500", events / result["read_s"], "events/s")
-        decode = Measure("select_notifications + mapper decode", result["decoded"] / result["read_decode_s"], "events/s")
+        decode = Measure(
+            "select_notifications + mapper decode", result["decoded"] / result["read_decode_s"], "events/s"
+        )
         note = f"{events} events"
         for name, seconds in result["rebuild_s"].items():
             rebuild = Measure(f"rebuild {name}", events / seconds, "events/s")

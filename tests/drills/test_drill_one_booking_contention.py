@@ -69,7 +69,9 @@ def test_a_thousand_conditional_changes_on_one_booking_apply_once_or_refuse(book
     bookings.caught_up()
 
     with ThreadPoolExecutor(THREADS) as pool:
-        answers = [a for batch in pool.map(lambda seed: contend(bookings, booking_id, seed), range(THREADS)) for a in batch]
+        answers = [
+            a for batch in pool.map(lambda seed: contend(bookings, booking_id, seed), range(THREADS)) for a in batch
+        ]
 
     assert len(answers) == THREADS * PER_THREAD >= 1_000
     unexpected = [a for a in answers if a.status_code not in (200, *REFUSALS)]

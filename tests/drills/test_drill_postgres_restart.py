@@ -199,7 +199,10 @@ def recovered(client: Client, up_at: float) -> bool:
 def check_acknowledged_changes_are_stored(app: object, client: Client) -> None:
     """Each 200 names a version whose stored event set that status; the last answer's status is
     the final one unless a later, unanswered (503) attempt went through."""
-    events = {e.originator_version: e for e in map(app.mapper.to_domain_event, app.recorder.select_events(UUID(client.booking_id)))}  # type: ignore[attr-defined]
+    events = {
+        e.originator_version: e
+        for e in map(app.mapper.to_domain_event, app.recorder.select_events(UUID(client.booking_id)))
+    }  # type: ignore[attr-defined]
     acknowledged = [c for c in client.calls if c.kind == "change" and c.status_code == 200]
     changed_versions = set()
     for call in acknowledged:

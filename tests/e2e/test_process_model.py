@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures.drills import PrivateCluster
+from tests.fixtures.notifier import wait_until
 from tests.fixtures.processes import (
     SCRIPTS,
     TEST_TUNING,
@@ -30,8 +32,6 @@ from tests.fixtures.processes import (
     lease_pattern,
     projection_lag,
 )
-from tests.fixtures.drills import PrivateCluster
-from tests.fixtures.notifier import wait_until
 from tests.fixtures.s3 import S3Outage
 from tests.fixtures.smtp import SmtpTestServer
 from tests.fixtures.stores import AUTH_SECRET, Tokens
@@ -71,7 +71,9 @@ class Bookings:
         self.staff = tokens("staff", "staff-ops")
         provider = self._post("/v1/providers", {"name": "Kurs AB"}, self.staff)
         self.provider = tokens("provider", "provider-ops", provider_id=provider["provider_id"])
-        product = self._post("/v1/products", {"provider_id": provider["provider_id"], "title": "Ledarskap"}, self.provider)
+        product = self._post(
+            "/v1/products", {"provider_id": provider["provider_id"], "title": "Ledarskap"}, self.provider
+        )
         self.product_id = product["product_id"]
 
     def close(self) -> None:
@@ -261,10 +263,14 @@ def test_readyz_is_503_while_a_dependency_is_down(
     }
     storage = s3_outage.endpoint
     # As in production, the tables first: processes starting together on an empty database race to create them.
-    migrated = processes.run("projections-migrate", "projections", {**common, "DATA_DIR": str(tmp_path / "m")}, "migrate")
+    migrated = processes.run(
+        "projections-migrate", "projections", {**common, "DATA_DIR": str(tmp_path / "m")}, "migrate"
+    )
     assert migrated.returncode == 0, migrated.stderr
     booking = processes.start(
-        "booking-api", "booking-api", {**common, "BOOKING_PORT": str(ports["booking"]), "DATA_DIR": str(tmp_path / "b")},
+        "booking-api",
+        "booking-api",
+        {**common, "BOOKING_PORT": str(ports["booking"]), "DATA_DIR": str(tmp_path / "b")},
         port=ports["booking"],
     )
     certificate = processes.start(
@@ -318,7 +324,9 @@ def test_readyz_is_503_while_a_dependency_is_down(
     private_postgres.start()
     for api in (booking, certificate, notifier):
         wait_for_readiness(api, 200)
-    registered = httpx.post(booking.url + "/v1/providers", json={"name": "Kurs AB"}, headers=Tokens()("staff"), timeout=30)
+    registered = httpx.post(
+        booking.url + "/v1/providers", json={"name": "Kurs AB"}, headers=Tokens()("staff"), timeout=30
+    )
     assert registered.status_code == 201, registered.text
 
     assert booking.terminate() == 0
@@ -342,7 +350,9 @@ def test_a_wrong_setting_stops_the_process_with_a_message_naming_it(tmp_path: Pa
             variable,
             subprocess.Popen(
                 [str(SCRIPTS / script)],
-                env=clean_environment({"AUTH_SECRET": AUTH_SECRET, "DATA_DIR": str(tmp_path / uuid.uuid4().hex), variable: value}),
+                env=clean_environment(
+                    {"AUTH_SECRET": AUTH_SECRET, "DATA_DIR": str(tmp_path / uuid.uuid4().hex), variable: value}
+                ),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -56,7 +56,9 @@ class Api:
         self.position = 0
         self._lock = threading.Lock()
 
-    def call(self, method: str, path: str, headers: dict[str, str], expected: int = 200, **kwargs: Any) -> httpx.Response:
+    def call(
+        self, method: str, path: str, headers: dict[str, str], expected: int = 200, **kwargs: Any
+    ) -> httpx.Response:
         answer = self.http.request(method, path, headers=headers, **kwargs)
         assert answer.status_code == expected, f"{method} {path}: {answer.status_code} {answer.text}"
         if "X-Event-Position" in answer.headers:
@@ -147,7 +149,11 @@ def test_the_whole_story_in_production_mode_survives_worker_crashes(story: Story
 def play_the_seed_story(story: Story) -> None:
     booking, certificate = story.booking, story.certificate
     provider_id = booking.call(
-        "POST", "/v1/providers", story.staff, 201, json={"name": "Kurs AB", "linkedin_organization_id": LINKEDIN_ORGANIZATION}
+        "POST",
+        "/v1/providers",
+        story.staff,
+        201,
+        json={"name": "Kurs AB", "linkedin_organization_id": LINKEDIN_ORGANIZATION},
     ).json()["provider_id"]
     story.provider = story.stack.tokens("provider", "provider-per", provider_id=provider_id)
     story.product_id = booking.call(
@@ -167,7 +173,9 @@ def play_the_seed_story(story: Story) -> None:
     assert reminder["To"].addresses[0].addr_spec == "anna@example.se"
     assert reminder["Subject"] == f"Vad tyckte du om {COURSE}?"
 
-    reviewed = booking.call("POST", f"/v1/bookings/{booking_id}/review", anna, json={"rating": 5, "text": "Mycket givande!"})
+    reviewed = booking.call(
+        "POST", f"/v1/bookings/{booking_id}/review", anna, json={"rating": 5, "text": "Mycket givande!"}
+    )
     linkedin_add_url = reviewed.json()["linkedin_add_url"]
     assert linkedin_add_url.startswith(LINKEDIN_ADD)
     assert f"organizationId={LINKEDIN_ORGANIZATION}" in linkedin_add_url
@@ -179,7 +187,9 @@ def play_the_seed_story(story: Story) -> None:
     assert linkedin_links(invitation) == [linkedin_add_url]
 
     assert_public_verification(story, certificate_id, "valid")
-    downloaded = certificate.call("GET", f"/v1/certificates/{certificate_id}/file", certificate.caught_up(anna, booking.position))
+    downloaded = certificate.call(
+        "GET", f"/v1/certificates/{certificate_id}/file", certificate.caught_up(anna, booking.position)
+    )
     assert downloaded.content == CERTIFICATE_PDF
 
     revoked = certificate.call(
@@ -225,7 +235,9 @@ def assert_audit_trail(story: Story, booking_id: str) -> None:
         }
     )
 
-    wait_until(lambda: len(story.audit(booking_id)) >= expected.total(), timeout=30, what="every step in the audit trail")
+    wait_until(
+        lambda: len(story.audit(booking_id)) >= expected.total(), timeout=30, what="every step in the audit trail"
+    )
     entries = story.audit(booking_id)
     assert Counter((e["event_type"], e["actor_id"], e["actor_role"]) for e in entries) == expected
     (revocation,) = (e for e in entries if e["event_type"] == "CertificateRevoked")
@@ -262,7 +274,9 @@ def write_a_burst_while_killing_each_worker(story: Story) -> None:
         writer.start()
     for worker, after in CRASH_AFTER.items():
         with burst.changed:
-            assert burst.changed.wait_for(lambda: burst.completed >= after or bool(burst.errors), timeout=120)
+            assert burst.changed.wait_for(
+                lambda after=after: burst.completed >= after or bool(burst.errors), timeout=120
+            )
         story.stack.workers[worker].kill()
         story.stack.restart_worker(worker)
     for writer in writers:
@@ -325,6 +339,7 @@ def assert_read_models_complete(story: Story, burst: Burst) -> None:
 def assert_events_written_metric(story: Story) -> None:
     """Every booking event came from a command of this test, which returned its position; the
     certificate service recorded the one download (the access log opened, then the download)."""
+
     def written(api: ServiceProcess) -> dict[str, float]:
         return {sample.labels["application"]: sample.value for sample in metric_samples(api.url, "events_written")}
 
@@ -361,7 +376,13 @@ def assert_rebuild_changes_nothing(story: Story) -> None:
     """The booking read model equals a replay of every event from the start."""
     before = all_bookings(story)
     rebuilt = story.stack.group.run(
-        "projections-rebuild", "projections", story.stack.env["booking"], "rebuild", "booking_summaries", "--timeout", "120",
+        "projections-rebuild",
+        "projections",
+        story.stack.env["booking"],
+        "rebuild",
+        "booking_summaries",
+        "--timeout",
+        "120",
         timeout=180,
     )
     assert rebuilt.returncode == 0, rebuilt.stderr

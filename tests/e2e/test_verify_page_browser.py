@@ -138,20 +138,46 @@ def test_the_verify_page_reads_right_in_a_browser(
     assert (answers["valid"]["state"], answers["revoked"]["state"]) == ("valid", "revoked")
     unknown_id = "6f1c1d9e-0000-4000-8000-000000000000"
     expected = {
-        ("valid", "sv"): ["Giltigt certifikat", "Certifikatet är äkta och gäller.", "Certifiering Certifierad projektledare",
-                          "Utfärdat av Kurs AB", "Kurs AB på LinkedIn", "Innehavare Anna Svensson",
-                          f"Utfärdandedatum {long_date(answers['valid']['issued_at'], 'sv')}"],
-        ("valid", "en"): ["Valid certificate", "This certificate is authentic and in force.",
-                          "Certification Certifierad projektledare", "Issued by Kurs AB", "Kurs AB on LinkedIn",
-                          "Holder Anna Svensson", f"Date issued {long_date(answers['valid']['issued_at'], 'en')}"],
-        ("revoked", "sv"): [f"Återkallat den {long_date(answers['revoked']['revoked_at'], 'sv')}",
-                            "Certifikatet gäller inte längre.", "Innehavare A. S.", "Endast initialer visas"],
-        ("revoked", "en"): [f"Revoked on {long_date(answers['revoked']['revoked_at'], 'en')}",
-                            "This certificate is no longer valid.", "Holder A. S.", "Only initials are shown"],
-        ("not_found", "sv"): ["Hittades inte", "Inget certifikat med detta id har utfärdats här.",
-                              f"Certifikat-id {unknown_id}"],
-        ("not_found", "en"): ["Not found", "No certificate with this ID has been issued here.",
-                              f"Certificate ID {unknown_id}"],
+        ("valid", "sv"): [
+            "Giltigt certifikat",
+            "Certifikatet är äkta och gäller.",
+            "Certifiering Certifierad projektledare",
+            "Utfärdat av Kurs AB",
+            "Kurs AB på LinkedIn",
+            "Innehavare Anna Svensson",
+            f"Utfärdandedatum {long_date(answers['valid']['issued_at'], 'sv')}",
+        ],
+        ("valid", "en"): [
+            "Valid certificate",
+            "This certificate is authentic and in force.",
+            "Certification Certifierad projektledare",
+            "Issued by Kurs AB",
+            "Kurs AB on LinkedIn",
+            "Holder Anna Svensson",
+            f"Date issued {long_date(answers['valid']['issued_at'], 'en')}",
+        ],
+        ("revoked", "sv"): [
+            f"Återkallat den {long_date(answers['revoked']['revoked_at'], 'sv')}",
+            "Certifikatet gäller inte längre.",
+            "Innehavare A. S.",
+            "Endast initialer visas",
+        ],
+        ("revoked", "en"): [
+            f"Revoked on {long_date(answers['revoked']['revoked_at'], 'en')}",
+            "This certificate is no longer valid.",
+            "Holder A. S.",
+            "Only initials are shown",
+        ],
+        ("not_found", "sv"): [
+            "Hittades inte",
+            "Inget certifikat med detta id har utfärdats här.",
+            f"Certifikat-id {unknown_id}",
+        ],
+        ("not_found", "en"): [
+            "Not found",
+            "No certificate with this ID has been issued here.",
+            f"Certificate ID {unknown_id}",
+        ],
     }
     ids = {"valid": valid.certificate_id, "revoked": revoked.certificate_id, "not_found": unknown_id}
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -168,8 +194,8 @@ def test_the_verify_page_reads_right_in_a_browser(
             assert private not in page.text, f"{state}/{locale} shows {private!r}"
         assert png_size(screenshot) == WINDOW
 
-    with served(create_certificate_app(scenario.settings.model_copy(update={"run_workers": False}))) as server:
-        # A browser start mostly waits: a few at once halve the test's time.
-        with ThreadPoolExecutor(max_workers=BROWSERS_AT_ONCE) as browsers:
-            for done in [browsers.submit(check, server.url, state, locale) for state, locale in expected]:
-                done.result()
+    app = create_certificate_app(scenario.settings.model_copy(update={"run_workers": False}))
+    # A browser start mostly waits: a few at once halve the test's time.
+    with served(app) as server, ThreadPoolExecutor(max_workers=BROWSERS_AT_ONCE) as browsers:
+        for done in [browsers.submit(check, server.url, state, locale) for state, locale in expected]:
+            done.result()

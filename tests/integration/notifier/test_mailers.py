@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import uuid4
@@ -45,8 +45,7 @@ def outgoing() -> OutgoingMessage:
         provider_name="Kompetens AB",
         review_url="https://booking.example.test/review/1",
         linkedin_add_url=(
-            "https://www.linkedin.com/profile/add?startTask=CERTIFICATION_NAME"
-            "&name=Arbetsmilj%C3%B6&certId=c1"
+            "https://www.linkedin.com/profile/add?startTask=CERTIFICATION_NAME&name=Arbetsmilj%C3%B6&certId=c1"
         ),
         verify_url="https://cert.example.test/verify/c1",
         mail_domain="mail.example.test",
@@ -77,7 +76,7 @@ def assert_is_the_message(received: EmailMessage, outgoing: OutgoingMessage) -> 
     assert (recipient.display_name, recipient.addr_spec) == ("Åsa Öberg", "asa.oberg@example.se")
     assert received["Auto-Submitted"] == "auto-generated"
     sent_at = received["Date"].datetime
-    assert abs(datetime.now(timezone.utc) - sent_at) < timedelta(minutes=1)
+    assert abs(datetime.now(UTC) - sent_at) < timedelta(minutes=1)
     assert decoded_parts(received) == (outgoing.text, outgoing.html)
 
 
@@ -304,9 +303,7 @@ def test_eml_files_of_successive_sends_sort_by_time(tmp_path: Path, outgoing: Ou
     assert stamps == sorted(set(stamps))
 
 
-def test_eml_folder_that_cannot_be_written_is_a_transient_failure(
-    tmp_path: Path, outgoing: OutgoingMessage
-) -> None:
+def test_eml_folder_that_cannot_be_written_is_a_transient_failure(tmp_path: Path, outgoing: OutgoingMessage) -> None:
     occupied = tmp_path / "mail"
     occupied.write_text("a file where the folder should be")
 
@@ -326,9 +323,7 @@ def test_build_mime_is_what_both_mailers_send(outgoing: OutgoingMessage) -> None
     assert_is_the_message(parsed, outgoing)
 
 
-def test_settings_without_smtp_host_write_eml_files_under_data_dir(
-    tmp_path: Path, outgoing: OutgoingMessage
-) -> None:
+def test_settings_without_smtp_host_write_eml_files_under_data_dir(tmp_path: Path, outgoing: OutgoingMessage) -> None:
     mailer = mailer_from_settings(
         smtp_host="", smtp_port=25, smtp_tls="none", smtp_username="", smtp_password="", data_dir=tmp_path
     )
@@ -361,8 +356,12 @@ def test_settings_with_smtp_host_deliver_over_smtp(
 def test_settings_with_unknown_tls_mode_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="none, starttls, tls"):
         mailer_from_settings(
-            smtp_host="smtp.example.test", smtp_port=587, smtp_tls="ssl", smtp_username="",
-            smtp_password="", data_dir=tmp_path,
+            smtp_host="smtp.example.test",
+            smtp_port=587,
+            smtp_tls="ssl",
+            smtp_username="",
+            smtp_password="",
+            data_dir=tmp_path,
         )
 
 

@@ -86,7 +86,7 @@ def test_a_download_names_the_certificate_and_takes_its_booking_from_the_access_
     certificate_id, booking_id = uuid4(), uuid4()
     access_log = CertificateAccessLog(id=certificate_id, booking_id=booking_id)
     access_log.record_download("boss-1", "employer")
-    opened, downloaded = access_log.collect_events()
+    _opened, downloaded = access_log.collect_events()
     entry = audit_entry(downloaded, Tracking("certificate", 7))
     assert (entry["event_type"], entry["aggregate_type"], entry["source"]) == (
         "CertificateDownloaded", "CertificateAccessLog", "certificate",
@@ -117,7 +117,7 @@ def test_csv_is_chosen_only_when_preferred(accept: str | None, csv: bool) -> Non
 @pytest.mark.parametrize(
     ("value", "safe"),
     [
-        ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
         ("+46 70", "'+46 70"),
         ("-1", "'-1"),
         ("@SUM(A1)", "'@SUM(A1)"),

@@ -63,17 +63,12 @@ def services(compose: dict) -> dict:
 
 def test_compose_file_matches_the_compose_specification(compose: dict) -> None:
     validator = jsonschema.Draft7Validator(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
-    errors = [
-        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in validator.iter_errors(compose)
-    ]
+    errors = [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(compose)]
     assert errors == []
 
 
 @pytest.mark.parametrize("variable", REQUIRED_VARIABLES)
-def test_required_variable_stops_compose_with_a_message_wherever_it_is_used(
-    compose_text: str, variable: str
-) -> None:
+def test_required_variable_stops_compose_with_a_message_wherever_it_is_used(compose_text: str, variable: str) -> None:
     # `$${X}` is an escaped literal for the container's shell, not an interpolation.
     modifiers = re.findall(r"(?<!\$)\$\{" + variable + r"([^}]*)\}", compose_text)
     assert modifiers, f"{variable} is never used"
@@ -90,9 +85,7 @@ def test_no_secret_is_written_into_the_file(services: dict) -> None:
             if SECRET_NAME.search(key):
                 assert WHOLE_INTERPOLATION.match(value), f"{service_name}.{key} holds a literal"
             for password in URL_PASSWORD.findall(value):
-                assert WHOLE_INTERPOLATION.match(password), (
-                    f"{service_name}.{key} embeds a password"
-                )
+                assert WHOLE_INTERPOLATION.match(password), f"{service_name}.{key} embeds a password"
 
 
 def test_every_image_is_pinned_to_a_tag(services: dict) -> None:
@@ -114,18 +107,14 @@ def test_api_reports_its_own_readiness_and_runs_no_projection(services: dict, ap
 
 
 @pytest.mark.parametrize("api", sorted(API_PORTS))
-def test_api_starts_after_the_database_is_healthy_and_the_schema_exists(
-    services: dict, api: str
-) -> None:
+def test_api_starts_after_the_database_is_healthy_and_the_schema_exists(services: dict, api: str) -> None:
     depends_on = services[api]["depends_on"]
     assert depends_on["postgres"]["condition"] == "service_healthy"
     assert depends_on["migrate"]["condition"] == "service_completed_successfully"
 
 
 @pytest.mark.parametrize("worker", WORKERS)
-def test_worker_is_the_single_consumer_and_waits_for_healthy_dependencies(
-    services: dict, worker: str
-) -> None:
+def test_worker_is_the_single_consumer_and_waits_for_healthy_dependencies(services: dict, worker: str) -> None:
     service = services[worker]
     assert service["command"] == [worker]
     assert service["deploy"]["replicas"] == 1
@@ -164,17 +153,13 @@ def _compose_cli() -> list[str] | None:
     candidates = [[docker, "compose"]] if docker else []
     candidates += [[standalone]] if standalone else []
     for candidate in candidates:
-        version = subprocess.run(
-            [*candidate, "version", "--short"], capture_output=True, text=True, timeout=30
-        )
+        version = subprocess.run([*candidate, "version", "--short"], capture_output=True, text=True, timeout=30)
         if version.stdout.strip().lstrip("v").startswith("2."):
             return candidate
     return None
 
 
-def _compose_config(
-    cli: list[str], variables: dict[str, str], env_file: Path
-) -> subprocess.CompletedProcess:
+def _compose_config(cli: list[str], variables: dict[str, str], env_file: Path) -> subprocess.CompletedProcess:
     # Only PATH and HOME from the caller, so a developer's own secrets cannot make this pass.
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **variables}
     return subprocess.run(
@@ -210,9 +195,7 @@ def test_compose_cli_resolves_the_file_with_the_required_variables(
     model = json.loads(result.stdout)
     assert set(model["services"]) >= {*API_PORTS, *WORKERS, "postgres", "minio", "mailpit"}
     booking_env = model["services"]["booking-api"]["environment"]
-    assert booking_env["DATABASE_URL"] == (
-        "postgresql://booking:test-db-password@postgres:5432/booking"
-    )
+    assert booking_env["DATABASE_URL"] == ("postgresql://booking:test-db-password@postgres:5432/booking")
     assert booking_env["CERTIFICATE_URL"] == "http://localhost:8002"
 
 

@@ -125,12 +125,7 @@ def test_runtime_stage_runs_as_a_fixed_non_root_user(final_stage: list[dockerfil
 def test_runtime_stage_exposes_the_three_ports_and_starts_the_booking_api(
     final_stage: list[dockerfile.Command],
 ) -> None:
-    exposed = {
-        port
-        for instruction in final_stage
-        if instruction.cmd == "EXPOSE"
-        for port in instruction.value
-    }
+    exposed = {port for instruction in final_stage if instruction.cmd == "EXPOSE" for port in instruction.value}
     assert exposed == {"8001", "8002", "8003"}
     (cmd,) = [instruction for instruction in final_stage if instruction.cmd == "CMD"]
     assert cmd.json and cmd.value == ("booking-api",)
@@ -141,7 +136,7 @@ def _environment(stage: list[dockerfile.Command]) -> dict[str, str]:
         key: value
         for instruction in stage
         if instruction.cmd == "ENV"
-        for key, value in zip(instruction.value[::2], instruction.value[1::2])
+        for key, value in zip(instruction.value[::2], instruction.value[1::2], strict=True)
     }
 
 
@@ -157,9 +152,7 @@ def test_apis_listen_beyond_the_container_and_write_only_to_data(
 def test_healthcheck_probes_healthz_with_the_interpreter_alone(
     final_stage: list[dockerfile.Command],
 ) -> None:
-    (healthcheck,) = [
-        instruction for instruction in final_stage if instruction.cmd == "HEALTHCHECK"
-    ]
+    (healthcheck,) = [instruction for instruction in final_stage if instruction.cmd == "HEALTHCHECK"]
     assert healthcheck.json and healthcheck.value[:3] == ("CMD", "python", "-c")
     assert "urllib.request.urlopen" in healthcheck.value[3]
     assert "HEALTHCHECK_URL" in healthcheck.value[3]

@@ -61,9 +61,7 @@ def rendered() -> list[dict]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl (Debian package kubectl) is needed to render deploy/k8s")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([kubectl, "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -113,9 +111,7 @@ def test_everything_lands_in_one_namespace(rendered: list[dict], kustomization: 
 
 
 @pytest.mark.parametrize("api", sorted(API_PORTS))
-def test_api_deployment_has_two_replicas_and_probes_on_its_port(
-    rendered: list[dict], api: str
-) -> None:
+def test_api_deployment_has_two_replicas_and_probes_on_its_port(rendered: list[dict], api: str) -> None:
     deployment = _find(rendered, "Deployment", api)
     container = _container(deployment)
     assert deployment["spec"]["replicas"] == 2
@@ -129,18 +125,12 @@ def test_api_deployment_has_two_replicas_and_probes_on_its_port(
 
 
 @pytest.mark.parametrize("worker", WORKERS)
-def test_worker_deployment_is_one_replica_replaced_not_rolled(
-    rendered: list[dict], worker: str
-) -> None:
+def test_worker_deployment_is_one_replica_replaced_not_rolled(rendered: list[dict], worker: str) -> None:
     deployment = _find(rendered, "Deployment", worker)
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert _container(deployment)["command"] == [worker]
-    autoscaled = {
-        doc["spec"]["scaleTargetRef"]["name"]
-        for doc in rendered
-        if doc["kind"] == "HorizontalPodAutoscaler"
-    }
+    autoscaled = {doc["spec"]["scaleTargetRef"]["name"] for doc in rendered if doc["kind"] == "HorizontalPodAutoscaler"}
     assert worker not in autoscaled
 
 
@@ -193,9 +183,7 @@ def test_schema_job_runs_the_migration_once(rendered: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("api", sorted(API_PORTS))
-def test_api_is_reachable_autoscaled_and_protected_from_disruption(
-    rendered: list[dict], api: str
-) -> None:
+def test_api_is_reachable_autoscaled_and_protected_from_disruption(rendered: list[dict], api: str) -> None:
     pod_labels = _find(rendered, "Deployment", api)["spec"]["template"]["metadata"]["labels"]
 
     service = _find(rendered, "Service", api)

@@ -86,10 +86,7 @@ def test_swedish_review_reminder_asks_for_a_review_and_mentions_linkedin_afterwa
     assert message.text.startswith("Hej Åsa Öberg!\n")
     assert "fullföljt Projektledning i praktiken hos Kompetens & Co AB" in message.text
     assert REVIEW_URL in text_lines(message)
-    assert (
-        "När du har lämnat din recension kan du lägga till ditt certifikat på din LinkedIn-profil."
-        in message.text
-    )
+    assert "När du har lämnat din recension kan du lägga till ditt certifikat på din LinkedIn-profil." in message.text
     assert "sex gånger fler besökare" in message.text
     html = ParsedHtml(message.html)
     assert html.hrefs == {REVIEW_URL}
@@ -162,7 +159,7 @@ def test_links_must_be_absolute_web_urls(url: str) -> None:
 @pytest.mark.parametrize("kind", list(MessageKind))
 def test_hostile_names_are_escaped_in_html_and_kept_verbatim_in_text(kind: MessageKind) -> None:
     hostile_name = '<script>alert("x")</script><img src=x onerror=alert(1)> & Bob'
-    hostile_title = "<b>Kurs</b> \"A&B\""
+    hostile_title = '<b>Kurs</b> "A&B"'
     message = make(kind, participant_name=hostile_name, course_title=hostile_title, locale="en")
 
     html = ParsedHtml(message.html)
