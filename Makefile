@@ -13,7 +13,7 @@ EMPLOYER_ID ?=
 SCALE ?= default
 PYTEST_ARGS ?=
 
-.PHONY: install run test e2e drills bench token up down clean
+.PHONY: install run test lint e2e drills bench token up down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ run: $(STAMP) $(SECRET_FILE)
 ## The whole suite: unit, integration (SQLite and PostgreSQL), e2e with separate processes, drills.
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+## Style and correctness checks (ruff): what CI requires before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
