@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from shared.settings import ServiceSettings
 
-
 # How long a call waits for a pooled connection. While the database is down no connection comes:
 # this is about how long a command takes to answer 503 (shared/postgres_store.py, `reconnecting`).
 POOL_TIMEOUT_S = 2

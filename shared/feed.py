@@ -276,8 +276,10 @@ class SupervisedProjection:
             view.datastore.close()
 
 
-MAX_BATCH_EVENTS = 500
-"""Events of one view transaction at most: a rebuild commits about once per subscription page."""
+MAX_BATCH_EVENTS = 2000
+"""Events of one view transaction at most: a rebuild commits about once per four subscription
+pages; a batch's costs (round trips, its position) then weigh little beside its events'
+(measured: 1 us per event less on the server than with batches of 500)."""
 
 AHEAD_BATCHES = 2
 """Batches decoded ahead of the projection at most (DecodedAhead)."""
@@ -311,7 +313,7 @@ class BatchingProjectionRunner(BaseProjectionRunner[Any]):
         except BaseException as error:  # handed to the runner, which re-raises it (as the library's loop does)
             owner = runner()
             if owner is not None:
-                owner._thread_error = error  # noqa: SLF001
+                owner._thread_error = error
         finally:
             batches.close()
             is_stopping.set()
@@ -320,17 +322,19 @@ class BatchingProjectionRunner(BaseProjectionRunner[Any]):
 def fetched_batches(subscription: ApplicationSubscription[Any]) -> Iterator[list[tuple[Any, Tracking]]]:
     """The events of an application subscription in batches: the next event (waiting for it),
     then those already fetched, up to MAX_BATCH_EVENTS. Ends when the subscription stops."""
-    # Our subscriptions tell what is fetched (shared/subscriptions.py); any other gives batches of one.
-    ready: Callable[[], bool] = getattr(subscription.subscription, "has_ready", lambda: False)
-    for first in subscription:
-        batch = [first]
-        while len(batch) < MAX_BATCH_EVENTS and ready():
-            try:
-                batch.append(next(subscription))
-            except StopIteration:
-                yield batch
-                return
-        yield batch
+    take_fetched = getattr(subscription.subscription, "take_fetched", None)
+    if take_fetched is None:  # not one of ours (shared/subscriptions.py): batches of one
+        for event in subscription:
+            yield [event]
+        return
+    # What the library's ApplicationSubscription does for each event, for a whole batch at once.
+    to_domain_event, name = subscription.mapper.to_domain_event, subscription.name
+    while True:
+        try:
+            notifications = take_fetched(MAX_BATCH_EVENTS)
+        except StopIteration:
+            return
+        yield [(to_domain_event(notification), Tracking(name, notification.id)) for notification in notifications]
 
 
 class DecodedAhead(Iterator[list[ItemT]]):

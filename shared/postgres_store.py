@@ -28,12 +28,14 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
+from itertools import starmap
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
+    Notification,
     OperationalError,
     PersistenceError,
     StoredEvent,
@@ -47,7 +49,7 @@ from eventsourcing.postgres import (
     PostgresTrackingRecorder,
 )
 from psycopg import Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composable, Identifier
 from psycopg_pool import PoolTimeout
 
@@ -136,7 +138,7 @@ def reconnecting(call: RecorderCall) -> RecorderCall:
     """
 
     @functools.wraps(call)
-    def reconnecting_call(self: GroupCommitApplicationRecorder, *args: Any, **kwargs: Any) -> Any:
+    def reconnecting_call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return call(self, *args, **kwargs)
         except (InterfaceError, OperationalError) as error:
@@ -148,7 +150,55 @@ def reconnecting(call: RecorderCall) -> RecorderCall:
     return cast(RecorderCall, reconnecting_call)
 
 
-class GroupCommitApplicationRecorder(SerialisedSchemaChanges, PostgresApplicationRecorder):
+class NotificationPages:
+    """Mixed in (first) into PostgreSQL application recorders: the pages of notifications that
+    subscriptions pull, without the library's costs per call and per row (its statement composed
+    again on every call, a dict per row): a replay reads every event this way."""
+
+    datastore: Any
+    events_table_name: str
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Notification's fields in order, so that a row is its arguments.
+        self._select_notifications = _rendered(
+            SQL("SELECT originator_id, originator_version, topic, state, notification_id FROM {schema}.{table}").format(
+                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+            )
+        )
+
+    @reconnecting
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        conditions: list[bytes] = []
+        params: list[Any] = []
+        if start is not None:
+            conditions.append(b"notification_id>=%s" if inclusive_of_start else b"notification_id>%s")
+            params.append(start)
+        if stop is not None:
+            conditions.append(b"notification_id<=%s")
+            params.append(stop)
+        if topics:
+            conditions.append(b"topic=ANY(%s)")
+            params.append(list(topics))
+        where = b" WHERE " + b" AND ".join(conditions) if conditions else b""
+        params.append(limit)
+        # Binary results: the events' state comes as it is stored, not escaped into hex and back.
+        with self.datastore.get_connection() as conn, conn.cursor(binary=True, row_factory=tuple_row) as curs:
+            curs.execute(
+                self._select_notifications + where + b" ORDER BY notification_id LIMIT %s", params, prepare=True
+            )
+            return list(starmap(Notification, curs.fetchall()))
+
+
+class GroupCommitApplicationRecorder(NotificationPages, SerialisedSchemaChanges, PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queue: list[_PendingSave] = []
@@ -283,7 +333,7 @@ def _rendered(statement: Composable) -> bytes:
     return statement.as_bytes(None)
 
 
-class SerialisedProcessRecorder(SerialisedSchemaChanges, PostgresProcessRecorder):
+class SerialisedProcessRecorder(NotificationPages, SerialisedSchemaChanges, PostgresProcessRecorder):
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[Any]:
         return BufferedPostgresSubscription(recorder=self, gt=gt, topics=topics)
 

@@ -15,6 +15,7 @@ its projections) and `STORES` (`(SqlStore subclass, name)` pairs beyond `<name>_
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import sys
@@ -27,7 +28,6 @@ from typing import Any, TextIO
 from eventsourcing.application import Application
 from eventsourcing.persistence import ApplicationRecorder
 
-from shared.http import configure_logging
 from shared.feed import (
     ProjectionPosition,
     ProjectionSpec,
@@ -36,6 +36,7 @@ from shared.feed import (
     open_view,
     projection_positions,
 )
+from shared.http import configure_logging
 from shared.idempotency import IdempotencyStore
 from shared.settings import ServiceSettings, load_settings
 from shared.views import SqlStore, open_store
@@ -125,6 +126,19 @@ def rebuild(
     """Resets the view of `specs` (one projection, all its upstreams) and waits until it has caught
     up with every event that existed at the reset. Whoever holds each lease replays: a service's
     runner restarts when it sees the reset; otherwise the runner started here takes the lease."""
+    # What exists by now outlives the replay: out of the collector's sight meanwhile, so that the
+    # full collections a replay triggers every few thousand events do not walk it each time (as
+    # in worker processes, shared/worker.py).
+    gc.freeze()
+    try:
+        return _replay(settings, specs, timeout_s, progress)
+    finally:
+        gc.unfreeze()
+
+
+def _replay(
+    settings: ServiceSettings, specs: Sequence[ProjectionSpec], timeout_s: float | None, progress: TextIO | None
+) -> list[ProjectionPosition]:
     name = specs[0].name
     with opened(settings, specs) as (views, recorders):
         views[name].reset(tuple(recorders))
@@ -136,7 +150,9 @@ def rebuild(
         try:
             while True:
                 # Only the view's positions: the targets are fixed, and this polls beside the runner.
-                done = sum(min(views[name].max_tracking_id(upstream) or 0, target) for upstream, target in targets.items())
+                done = sum(
+                    min(views[name].max_tracking_id(upstream) or 0, target) for upstream, target in targets.items()
+                )
                 report.show(done)
                 if done >= total:
                     report.done()

@@ -12,12 +12,13 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ClassVar, TypeVar
 
 from eventsourcing.persistence import Tracking, TrackingRecorder, WaitInterruptedError
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
+from psycopg import pq
 from psycopg.sql import SQL
 
 from shared.postgres_store import SerialisedSchemaChanges, take_schema_lock
@@ -32,6 +33,13 @@ _NAMED_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 def _pyformat(statement: str) -> str:
     """`:name` → `%(name)s`; cached: a projection runs the same few statements for every event."""
     return _NAMED_PARAM.sub(r"%(\1)s", statement)
+
+
+BULK_ROWS = 100
+"""Rows that a batch inserts from which it is a bulk one (see `SqlView.batch`): a few more round
+trips, measured at about 0.3 ms in all, against about 4 us of CPU saved per row (client and server)."""
+
+PIPELINE_OFF = pq.PipelineStatus.OFF
 
 EPOCH_KEY = "__epoch__"
 """A row of every view's tracking table that counts its resets (rebuilds)."""
@@ -98,27 +106,32 @@ class SqlTables:
             reader.execute(f"{select} WHERE {in_values}", {"values": json.dumps(list(values))})
         return [dict(row) for row in reader.fetchall()]
 
-    def insert_rows(
-        self, cursor: Any, table: str, rows: Sequence[Mapping[str, Any]], *, on_conflict: str = ""
-    ) -> None:
-        """Inserts `rows` (each a value by column, all with the same columns) in one statement, in
-        their order. `on_conflict` is an ON CONFLICT clause (`excluded.column`: the new value).
+    def insert_rows(self, cursor: Any, table: str, rows: Sequence[Mapping[str, Any]], *, on_conflict: str = "") -> None:
+        """Inserts `rows` (each a value by column, all with the same columns) in their order.
+        `on_conflict` is an ON CONFLICT clause (`excluded.column`: the new value).
 
-        PostgreSQL gets the rows as one JSON parameter: cheaper to send than one statement per
-        row, and unlike COPY it runs in a pipeline. SQLite runs one statement per row, in C.
+        PostgreSQL gets the rows by COPY in a bulk batch (see `SqlView.batch`) when no ON CONFLICT
+        clause is needed; otherwise, as in a pipeline, where COPY cannot run, as one JSON
+        parameter of one statement: cheaper to send than one statement per row, yet per row about
+        twice the client's and thrice the server's CPU of a COPY. SQLite runs one statement per row, in C.
         """
         if not rows:
             return
-        columns = ", ".join(rows[0])
-        if self.dialect == "postgres":
+        names = list(rows[0])
+        columns = ", ".join(names)
+        if self.dialect == "postgres" and not on_conflict and cursor.connection.info.pipeline_status == PIPELINE_OFF:
+            with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row([row[name] for name in names])
+        elif self.dialect == "postgres":
             cursor.execute(
                 f"INSERT INTO {table} ({columns}) SELECT {columns}"
                 f" FROM json_populate_recordset(NULL::{table}, CAST(%(rows)s AS json))"
                 f" WITH ORDINALITY ORDER BY ordinality {on_conflict}",
-                {"rows": json.dumps(rows)},
+                {"rows": json.dumps(rows, check_circular=False)},  # values by column: no cycles to look for
             )
         else:
-            values = ", ".join(f":{column}" for column in rows[0])
+            values = ", ".join(f":{column}" for column in names)
             cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({values}) {on_conflict}", rows)
 
     def fetch_all(self, statement: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -160,16 +173,17 @@ class SqlView(SqlTables):
                 write(cursor)
 
     @contextmanager
-    def batch(self, tracking: Tracking) -> Iterator[Any]:
+    def batch(self, tracking: Tracking, *, bulk: bool = False) -> Iterator[Any]:
         """A transaction that records `tracking`, the position of the last of the events processed
         in it, and yields its cursor; `record()` calls inside join it. One commit for many events,
         still exactly once. On PostgreSQL its statements go out in a pipeline: read results on a
-        cursor of their own (`reading_cursor`).
+        cursor of their own (`reading_cursor`). A `bulk` batch, one that inserts many rows (from
+        BULK_ROWS), goes without: a round trip per statement, but its inserts go by COPY.
 
         A runner that started before a reset must not write after it (its subscription would
         skip what the reset asks to replay): the epoch check makes such a transaction fail instead.
         """
-        with self._batch_cursor() as cursor:
+        with self._batch_cursor(bulk=bulk) as cursor:
             self._begin(cursor, tracking)
             _open_batches.view, _open_batches.cursor = self, cursor
             try:
@@ -177,7 +191,7 @@ class SqlView(SqlTables):
             finally:
                 _open_batches.view = _open_batches.cursor = None
 
-    def _batch_cursor(self) -> AbstractContextManager[Any]:
+    def _batch_cursor(self, *, bulk: bool) -> AbstractContextManager[Any]:
         return self._cursor(commit=True)
 
     def _begin(self, cursor: Any, tracking: Tracking) -> None:
@@ -287,10 +301,12 @@ class _PostgresBase(SqlView, SerialisedSchemaChanges, PostgresTrackingRecorder):
         self.sql_create_statements.extend(SQL(ddl) for ddl in [*self.view_ddl(), epoch_row])  # type: ignore[arg-type]
 
     @contextmanager
-    def _batch_cursor(self) -> Iterator[Any]:
+    def _batch_cursor(self, *, bulk: bool) -> Iterator[Any]:
         # Pipeline mode: statements go out without waiting for their results, so a batch waits
         # only where it reads (on a cursor of its own: `reading_cursor`) and at its commit.
-        with self.datastore.get_connection() as conn, conn.pipeline(), conn.transaction():  # type: ignore[attr-defined]
+        # A bulk batch's few round trips weigh little beside its rows, which COPY takes cheaper.
+        connection = self.datastore.get_connection()  # type: ignore[attr-defined]
+        with connection as conn, nullcontext() if bulk else conn.pipeline(), conn.transaction():
             yield conn.cursor()
 
     def _begin(self, cursor: Any, tracking: Tracking) -> None:

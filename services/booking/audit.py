@@ -27,7 +27,7 @@ from services.certificate.application import CertificateApplication
 from services.certificate.domain import CertificateAccessLog
 from shared.errors import Invalid, NotFound
 from shared.feed import BatchProjection, EventBatch, ProjectionSpec
-from shared.views import SqlView
+from shared.views import BULK_ROWS, SqlView
 
 
 def _fields(*names: str) -> Callable[[Any], dict[str, Any]]:
@@ -86,7 +86,8 @@ is None here: it is its certificate's booking, found by the view (`AuditTrail.re
 DOWNLOADED = CertificateAccessLog.CertificateDownloaded.__name__
 
 _NO_DETAILS = _fields()
-_summary_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str).encode
+# A summary holds no containers, so no cycles to check for (a check that doubles this encoding's cost).
+_summary_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str, check_circular=False).encode
 
 
 def audit_entry(event: Any, tracking: Tracking) -> AuditEntry:
@@ -153,7 +154,7 @@ class AuditTrail(SqlView):
         """Appends `entries` and remembers `certificates` (certificate id → booking id), with the
         position `tracking`, in one transaction. A download's booking is its certificate's, as
         remembered by then (in this batch or before)."""
-        with self.batch(tracking) as cursor:
+        with self.batch(tracking, bulk=len(entries) >= BULK_ROWS) as cursor:
             self.insert_rows(
                 cursor,
                 "audit_certificates",

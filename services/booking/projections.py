@@ -105,7 +105,9 @@ class BookingSummaries(SqlView):
     def get(self, booking_id: str) -> dict[str, Any] | None:
         return self.fetch_one("SELECT * FROM booking_summaries WHERE booking_id = :id", {"id": booking_id})
 
-    def page(self, *, filters: dict[str, str], cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    def page(
+        self, *, filters: dict[str, str], cursor: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Keyset pagination in commit order: stable while rows are added."""
         clauses = [f"{column} = :{column}" for column in filters]
         params: dict[str, Any] = dict(filters)

@@ -2,9 +2,9 @@
 
 Run as a process: `python -m tests.bench.rebuild SPEC.json` (spec: database_url, timeout).
 The rebuild is what an operator runs (`projections rebuild NAME`, one read model at a time):
-reset the view, then the supervised projection (the worker's code) replays every stored event. Baselines read the same events in the
-subscription's page size: rows only (`select_notifications`), and rows decoded into domain
-events by the library's mapper.
+reset the view, then the supervised projection (the worker's code) replays every stored event.
+Baselines read the same events in the subscription's page size: rows only (`select_notifications`),
+and rows decoded into domain events by the library's mapper.
 """
 
 from __future__ import annotations
