@@ -178,7 +178,9 @@ def test_the_whole_story_of_a_booking_from_the_audit_trail_alone(
 
     download = told[6]
     assert (download["source"], download["aggregate_type"], download["aggregate_id"]) == (
-        "certificate", "CertificateAccessLog", story.first_certificate,
+        "certificate",
+        "CertificateAccessLog",
+        story.first_certificate,
     )
     assert all(entry["booking_id"] == story.booking_id for entry in told)
     booking_entries = [entry for entry in told if entry["source"] == "booking"]
@@ -305,7 +307,7 @@ def test_pages_stay_stable_while_new_events_are_written(bookings: BookingFlows) 
     ids = [entry["event_id"] for entry in seen]
     assert len(ids) == len(set(ids)), "an entry was served twice"
     assert [entry["event_id"] for entry in seen[: len(before)]] == [entry["event_id"] for entry in before]
-    late = [entry for entry in seen[len(before):] if entry["event_type"] == "BookingRequested"]
+    late = [entry for entry in seen[len(before) :] if entry["event_type"] == "BookingRequested"]
     assert [entry["summary"]["participant_id"] for entry in late] == [f"late{i}" for i in range(4)]
     assert seen == entries(bookings, limit=500)
 

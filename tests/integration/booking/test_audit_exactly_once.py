@@ -317,7 +317,10 @@ def test_cut_listen_connections_are_resubscribed_while_events_keep_arriving(
             admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (sorted(current),))
             cut |= current
             wait_until(
-                lambda: len(listeners(admin) - cut) == 2, CATCH_UP_TIMEOUT_S, "both subscriptions came back", process
+                lambda cut=frozenset(cut): len(listeners(admin) - cut) == 2,
+                CATCH_UP_TIMEOUT_S,
+                "both subscriptions came back",
+                process,
             )
         writing.join()
     assert not failures, failures

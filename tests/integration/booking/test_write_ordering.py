@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 import psycopg
@@ -41,7 +41,7 @@ class TailingSummaries(BookingSummaryProjection):
     """The real projection, noting every position it processes."""
 
     name = BookingSummaryProjection.name
-    positions: list[int] = []
+    positions: ClassVar[list[int]] = []
 
     def process_batch(self, events: EventBatch) -> None:
         type(self).positions.extend(tracking.notification_id for _, tracking in events)
@@ -49,7 +49,9 @@ class TailingSummaries(BookingSummaryProjection):
 
 
 def seed_bookings(app: BookingApplication) -> list[UUID]:
-    provider = app.register_provider(STAFF, provider_id=None, name="Kurs AB", linkedin_organization_id=None, logo_url=None)
+    provider = app.register_provider(
+        STAFF, provider_id=None, name="Kurs AB", linkedin_organization_id=None, logo_url=None
+    )
     product = app.register_product(STAFF, product_id=None, provider_id=provider.aggregate.id, title="Projektledning")
     ids = []
     for n in range(BOOKINGS):
@@ -111,7 +113,9 @@ def test_concurrent_writers_keep_commit_order(postgres_url: str, tmp_path: Path)
     apps = [BookingApplication(env=eventsourcing_env(settings, BookingApplication.name)) for _ in range(APPLICATIONS)]
     bookings = seed_bookings(apps[0])
     TailingSummaries.positions = []
-    tailing = SupervisedProjection(settings, ProjectionSpec(TailingSummaries, BOOKING_SUMMARIES.view, BookingApplication))
+    tailing = SupervisedProjection(
+        settings, ProjectionSpec(TailingSummaries, BOOKING_SUMMARIES.view, BookingApplication)
+    )
     tailing.start()
     try:
         assert tailing.running.wait(10)

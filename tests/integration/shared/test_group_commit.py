@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
@@ -59,11 +59,11 @@ def run_while_commit_in_flight(recorder: GroupCommitApplicationRecorder, calls: 
             outcomes[index] = error
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
-    with recorder._commit_lock:  # noqa: SLF001 (a commit in flight, as under load)
+    with recorder._commit_lock:
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10
-        while len(recorder._queue) < len(calls):  # noqa: SLF001
+        while len(recorder._queue) < len(calls):
             assert time.monotonic() < deadline, "the saves did not queue"
             time.sleep(0.005)
     for thread in threads:
@@ -105,7 +105,9 @@ def test_queued_saves_share_one_commit_and_keep_their_ids(
         assert [stored[i] for i in ids] == [(e.originator_id, e.originator_version) for e in events]
 
 
-def test_a_conflict_fails_only_the_conflicting_save(recorder: GroupCommitApplicationRecorder, postgres_url: str) -> None:
+def test_a_conflict_fails_only_the_conflicting_save(
+    recorder: GroupCommitApplicationRecorder, postgres_url: str
+) -> None:
     contested = uuid4()
     saves = [events_of(uuid4(), 1), events_of(contested, 1), events_of(contested, 1), events_of(uuid4(), 1, 2)]
     outcomes = save_in_one_batch(recorder, saves)

@@ -76,7 +76,9 @@ def test_processes_starting_together_on_an_empty_database_all_get_the_store(post
             settings = ServiceSettings(database_url=f"{base}/{name}", auth_secret="x" * 32)
             start = threading.Barrier(STARTING_TOGETHER)
 
-            def open_when_all_ready() -> IdempotencyStore:
+            def open_when_all_ready(
+                start: threading.Barrier = start, settings: ServiceSettings = settings
+            ) -> IdempotencyStore:
                 start.wait()
                 return open_store(settings, IdempotencyStore, "idempotency_test")
 

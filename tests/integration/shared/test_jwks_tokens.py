@@ -48,7 +48,7 @@ def key_set() -> KeySet:
 @pytest.fixture
 def jwks_url(key_set: KeySet) -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             key_set.fetches += 1
             body = json.dumps(key_set.document()).encode()
             self.send_response(200)

@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -7,20 +7,19 @@ from hypothesis import strategies as st
 
 from shared.linkedin import add_to_profile_url, linkedin_company_url
 
-ISSUED = datetime(2024, 3, 7, 14, 30, tzinfo=timezone.utc)
+ISSUED = datetime(2024, 3, 7, 14, 30, tzinfo=UTC)
 
 
 def _url(**overrides) -> str:
-    arguments = dict(
-        certification_name="Certified Scrum Master",
-        organization_id="1337",
-        organization_name="Acme Training AB",
-        issued_at=ISSUED,
-        cert_url="https://cert.example.se/verify/c-123",
-        cert_id="c-123",
-    )
-    arguments.update(overrides)
-    return add_to_profile_url(**arguments)
+    arguments = {
+        "certification_name": "Certified Scrum Master",
+        "organization_id": "1337",
+        "organization_name": "Acme Training AB",
+        "issued_at": ISSUED,
+        "cert_url": "https://cert.example.se/verify/c-123",
+        "cert_id": "c-123",
+    }
+    return add_to_profile_url(**arguments | overrides)
 
 
 def test_exact_link_with_organization_id():
@@ -101,9 +100,7 @@ def test_every_value_survives_a_round_trip(
 
 def test_company_url_encodes_the_id():
     assert linkedin_company_url("1337") == "https://www.linkedin.com/company/1337/"
-    assert linkedin_company_url("acme training/../x") == (
-        "https://www.linkedin.com/company/acme%20training%2F..%2Fx/"
-    )
+    assert linkedin_company_url("acme training/../x") == ("https://www.linkedin.com/company/acme%20training%2F..%2Fx/")
 
 
 def test_company_url_needs_an_id():

@@ -16,7 +16,11 @@ def test_the_least_recently_used_token_is_forgotten_first() -> None:
     remembered.put("b", (principal, until))
     assert remembered.get("a") is not None  # now "b" is the least recently used
     remembered.put("c", (principal, until))
-    assert (remembered.get("a"), remembered.get("b"), remembered.get("c")) == ((principal, until), None, (principal, until))
+    assert (remembered.get("a"), remembered.get("b"), remembered.get("c")) == (
+        (principal, until),
+        None,
+        (principal, until),
+    )
 
 
 def test_a_map_of_no_capacity_keeps_nothing() -> None:

@@ -21,7 +21,9 @@ def documented_variables() -> list[str]:
 
 
 def test_every_setting_is_documented_and_nothing_else() -> None:
-    read = {name.upper() for cls in (BookingSettings, CertificateSettings, NotifierSettings) for name in cls.model_fields}
+    read = {
+        name.upper() for cls in (BookingSettings, CertificateSettings, NotifierSettings) for name in cls.model_fields
+    }
     assert set(documented_variables()) == read
 
 
