@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import functools
+import inspect
 import logging
-import secrets
+import math
+import os
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Annotated, Any
 
 import psycopg
@@ -22,6 +24,7 @@ from eventsourcing.persistence import PersistenceError
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -83,7 +86,9 @@ def _describe_validation(error: RequestValidationError) -> str:
 def unavailable_response(error: Exception) -> JSONResponse:
     """The answer to one of STORE_UNAVAILABLE_ERRORS."""
     log.warning("dependency unavailable", error=type(error).__name__)
-    return error_response(503, "unavailable", "A storage dependency is unavailable; retry shortly.", {"Retry-After": "1"})
+    return error_response(
+        503, "unavailable", "A storage dependency is unavailable; retry shortly.", {"Retry-After": "1"}
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -137,14 +142,13 @@ MIN_POSITION_PARAMETER = {
 _MIN_POSITION = TypeAdapter(Annotated[int, Field(ge=0)])
 
 
-def min_position(request: Request) -> int | None:
-    """The `MinPosition` header, read as FastAPI would (same 422 for a bad value) at a fraction of the
-    cost of a header parameter: for routes where that cost is most of the request (a kept answer)."""
-    given = request.headers.get(MIN_POSITION_HEADER)
+def min_position(given: bytes | None) -> int | None:
+    """The `MinPosition` header's value, read as FastAPI would (same 422 for a bad value) at a fraction
+    of the cost of a header parameter: for routes where that cost is most of the request (a kept answer)."""
     if given is None:
         return None
     try:
-        return _MIN_POSITION.validate_python(given)
+        return _MIN_POSITION.validate_python(given.decode("latin-1"))
     except ValidationError as error:
         raise RequestValidationError(
             [{**problem, "loc": ("header", MIN_POSITION_HEADER)} for problem in error.errors()]
@@ -157,6 +161,55 @@ def header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value  # type: ignore[no-any-return]
     return None
+
+
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """The first value of each request header by name (in lower case, as ASGI gives names): for
+    reading several, one pass instead of one `header` call each."""
+    return dict(reversed(scope["headers"]))
+
+
+Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class AsgiRoute(APIRoute):
+    """A path operation whose endpoint is a plain ASGI app: `endpoint(scope, receive, send)`.
+
+    FastAPI documents it like any other, from the route's options (its parameters in
+    `openapi_extra`), but it is served without FastAPI's request machinery: no Request or Response
+    objects, no dependencies to solve, which together cost more than a cheap answer (a kept one).
+    The path parameters are in `scope["path_params"]`; what the endpoint raises goes to the app's
+    exception handlers, as from any route. Use with `route_class_override`.
+    """
+
+    def __init__(self, path: str, endpoint: Endpoint, **options: Any) -> None:
+        self.asgi_endpoint = endpoint
+        super().__init__(path, _read_by_fastapi(endpoint), **options)
+
+    def served_directly(self) -> AsgiRoute:
+        """The same operation, undocumented: for an app to serve it among its own routes while the
+        router it comes from documents it."""
+        return AsgiRoute(
+            self.path, self.asgi_endpoint, methods=list(self.methods), name=self.name, include_in_schema=False
+        )
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] in self.methods:
+            await self.asgi_endpoint(scope, receive, send)
+        else:
+            await super().handle(scope, receive, send)  # 405, as from any route
+
+
+def _read_by_fastapi(endpoint: Endpoint) -> Callable[[], Awaitable[None]]:
+    """What FastAPI reads of an endpoint (name, docstring, module) without parameters: scope, receive
+    and send are none of FastAPI's. Never called: `AsgiRoute.handle` calls the endpoint itself."""
+
+    async def documented() -> None:
+        raise NotImplementedError(endpoint.__qualname__)
+
+    functools.update_wrapper(documented, endpoint)
+    documented.__signature__ = inspect.Signature()  # type: ignore[attr-defined]
+    return documented
 
 
 class BodyLimitMiddleware:
@@ -198,13 +251,14 @@ class AccessLog:
 
     It runs once per request, and for a cheap request structlog's chain would be a large part of its
     cost; so JSON lines are rendered here, with the fields, order and rendering that chain gives a
-    structlog line (`configure_logging`), in about half the time. The request id is the only context
+    structlog line (`configure_logging`), in a fraction of the time. The request id is the only context
     a request binds, so it is the only one such a line carries. Any other format, or logging not
     configured, goes through structlog.
     """
 
     def __init__(self) -> None:
         self._json_lines: structlog.PrintLogger | None = None
+        self._timestamps = UtcTimestamps()
 
     def render_json(self, enabled: bool) -> None:
         """JSON lines at info level or below: `configure_logging` decides."""
@@ -215,17 +269,32 @@ class AccessLog:
         if self._json_lines is None:
             log.info("request", method=method, route=route, status=status, duration_ms=duration_ms)
             return
-        line = {
-            "method": method,
-            "route": route,
-            "status": status,
-            "duration_ms": duration_ms,
-            "event": "request",
-            "request_id": request_id,
-            "level": "info",
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        }
-        self._json_lines.msg(json.dumps(line))
+        # What json.dumps gives for these fields in this order (a test holds them equal), in a sixth of its time.
+        self._json_lines.msg(
+            f'{{"method": {_json_string(method)}, "route": {_json_string(route)}, "status": {status}, '
+            f'"duration_ms": {duration_ms!r}, "event": "request", "request_id": {_json_string(request_id)}, '
+            f'"level": "info", "timestamp": "{self._timestamps.now()}"}}'
+        )
+
+
+class UtcTimestamps:
+    """The time now as structlog's TimeStamper(fmt="iso", utc=True) writes it (ISO 8601, "Z"), in half
+    the time of a datetime: the date and the time of day are formatted once a second."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._second: tuple[int, str] = (-1, "")  # one tuple: threads read the second and its text together
+
+    def now(self) -> str:
+        # As datetime.fromtimestamp rounds (half to even, a whole second carried over).
+        fraction, whole = math.modf(self._clock())
+        second, microsecond = divmod(int(whole) * 1_000_000 + round(fraction * 1_000_000), 1_000_000)
+        cached_second, formatted = self._second
+        if second != cached_second:
+            formatted = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, formatted)
+        # datetime.isoformat leaves out a zero fraction.
+        return f"{formatted}.{microsecond:06d}Z" if microsecond else f"{formatted}Z"
 
 
 ACCESS_LOG = AccessLog()
@@ -261,8 +330,8 @@ class Observability:
                 await app(scope, receive, send)
                 return
             given_id = header(scope, REQUEST_ID_HEADER_BYTES)
-            # A new id: 32 random hex digits, like uuid4().hex at a quarter of its cost.
-            request_id = given_id.decode("latin-1")[:100] if given_id else secrets.token_hex(16)
+            # A new id: 32 random hex digits, like uuid4().hex at a fraction of its cost.
+            request_id = given_id.decode("latin-1")[:100] if given_id else os.urandom(16).hex()
             structlog.contextvars.bind_contextvars(request_id=request_id)
             status = 500
             started = time.perf_counter()
@@ -356,8 +425,11 @@ def health_router(observability: Observability, readiness: dict[str, Callable[[]
         failures = probe.failures()
         if failures:
             return JSONResponse(
-                {"status": "unavailable", "failing": failures,
-                 "error": {"code": "not_ready", "message": f"Unavailable: {', '.join(failures)}"}},
+                {
+                    "status": "unavailable",
+                    "failing": failures,
+                    "error": {"code": "not_ready", "message": f"Unavailable: {', '.join(failures)}"},
+                },
                 status_code=503,
             )
         return JSONResponse({"status": "ready", "checks": sorted(readiness)})
@@ -393,7 +465,9 @@ def configure_logging(level: str, fmt: str) -> None:
     Libraries log through the standard library (uvicorn, the event store, httpx): their records get
     the same renderer, level, timestamp and request id, so that a JSON log has only JSON lines.
     """
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
     common = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

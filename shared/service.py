@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
 
 from shared.auth import TokenVerifier
-from shared.http import BodyLimitMiddleware, Observability, health_router, install_error_handlers
+from shared.http import AsgiRoute, BodyLimitMiddleware, Observability, health_router, install_error_handlers
 from shared.idempotency import IdempotencyMiddleware
 from shared.settings import ServiceSettings
 
@@ -74,6 +74,12 @@ def create_service_app(
     app.state.verifier = token_verifier(settings)
     app.state.observability = observability
     install_error_handlers(app)
+    # Answers served at the ASGI level are the cheap, busy ones: the app matches them first, by itself,
+    # since matching a route through an included router costs about as much again as such an answer.
+    # Their routers still document them (so their paths must not overlap routes of earlier routers).
+    app.router.routes[:0] = [
+        route.served_directly() for router in routers for route in router.routes if isinstance(route, AsgiRoute)
+    ]
     for router in routers:
         app.include_router(router)
     app.include_router(health_router(observability, readiness))

@@ -71,14 +71,13 @@ class Representation:
 
     body: bytes
     tag: str
+    etag: bytes
+    """The ETag header's value (the tag quoted), as sent."""
 
     @classmethod
     def of(cls, body: bytes) -> Representation:
-        return cls(body, hashlib.sha256(body).hexdigest()[:32])
-
-    @property
-    def etag(self) -> str:
-        return quote_etag(self.tag)
+        tag = hashlib.sha256(body).hexdigest()[:32]
+        return cls(body, tag, quote_etag(tag).encode())
 
     def matches(self, if_none_match: str) -> bool:
         """RFC 9110 13.1.2: weak comparison; `*` matches any current representation."""

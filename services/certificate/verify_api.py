@@ -15,6 +15,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
@@ -29,26 +30,41 @@ from services.certificate.verification import verification_answer
 from services.certificate.verify_page import negotiate_locale
 from shared.errors import Invalid
 from shared.feed import read_your_writes
-from shared.http import MIN_POSITION_PARAMETER, MinPosition, min_position
+from shared.http import (
+    MIN_POSITION_HEADER,
+    MIN_POSITION_PARAMETER,
+    AsgiRoute,
+    MinPosition,
+    min_position,
+    request_headers,
+)
 from shared.ratelimit import ClientRateLimit
 
 VERIFY_FILE_PATH = "/verify"
 JWKS_PATH = "/.well-known/jwks.json"
 JSON = "application/json"
 HTML = "text/html"
-# Short for valid answers, so a revocation is seen within a minute; never cache the rest.
-CACHE_VALID = "public, max-age=60"
 NO_STORE = "no-store"
 CACHE_KEYS = "public, max-age=300"
-VARY = "Accept, Accept-Language"
-PAGE_SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+# Answers by id are sent at the ASGI level: their headers as ASGI has them (names in lower case, bytes).
+# Short for valid answers, so a revocation is seen within a minute; never cache the rest.
+CACHE_VALID_ANSWER = (b"cache-control", b"public, max-age=60")
+DO_NOT_STORE_ANSWER = (b"cache-control", NO_STORE.encode())
+VARY = (b"vary", b"Accept, Accept-Language")
+JSON_TYPE = (b"content-type", JSON.encode())
+PAGE_TYPE = (b"content-type", b"text/html; charset=utf-8")
+PAGE_SECURITY_HEADERS = (
+    (
+        b"content-security-policy",
+        (
+            b"default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
+            b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        ),
     ),
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+)
+MIN_POSITION_HEADER_NAME = MIN_POSITION_HEADER.lower().encode()
 
 
 def signed_answers(
@@ -73,11 +89,11 @@ def signed_answers(
     )
 
 
-def rate_limit(request: Request) -> None:
+def rate_limit(scope: Scope, forwarded_for: str | None) -> None:
     """First thing in every route here: a plain call, as a dependency it would cost more than a kept answer."""
-    limit: ClientRateLimit = request.app.state.verify_rate_limit
-    client = request.client  # a new object at each access
-    limit.check(client.host if client else None, request.headers.get("x-forwarded-for"))
+    limit: ClientRateLimit = scope["app"].state.verify_rate_limit
+    client = scope.get("client")
+    limit.check(client[0] if client else None, forwarded_for)
 
 
 verify = APIRouter(
@@ -101,9 +117,38 @@ VERIFY_BY_ID_PARAMETERS = {
 }
 
 
-@verify.get(
+async def verify_by_id(scope: Scope, receive: Receive, send: Send) -> None:
+    """JSON for `Accept: application/json`, otherwise the page (Swedish or English by Accept-Language)."""
+    headers = request_headers(scope)
+    rate_limit(scope, _text(headers.get(b"x-forwarded-for")))
+    wait_for = min_position(headers.get(MIN_POSITION_HEADER_NAME))
+    answers: SignedAnswers = scope["app"].state.signed_answers
+    # A kept answer is served on the event loop; only building one reads the database.
+    answer = await answers.answer_soon(scope["path_params"]["certificate_id"], wait_for)
+    response_headers = [CACHE_VALID_ANSWER if answer.state == "valid" else DO_NOT_STORE_ANSWER, VARY]
+    if _wants_json(headers.get(b"accept")):
+        representation, content_type = answer.json, JSON_TYPE
+    else:
+        locale = negotiate_locale(_text(headers.get(b"accept-language")))
+        representation, content_type = answer.page(locale), PAGE_TYPE
+        response_headers += PAGE_SECURITY_HEADERS
+        response_headers.append((b"content-language", locale.encode()))
+    if answer.state == "not_found":  # nothing to revalidate: no ETag
+        await _respond(send, 404, [*response_headers, content_type], representation.body)
+        return
+    response_headers.append((b"etag", representation.etag))
+    if_none_match = headers.get(b"if-none-match")
+    if if_none_match is not None and representation.matches(if_none_match.decode("latin-1")):
+        await _respond(send, 304, response_headers)
+        return
+    await _respond(send, 200, [*response_headers, content_type], representation.body)
+
+
+verify.add_api_route(
     "/verify/{certificate_id:path}",  # `:path`: an id with a slash gets the signed not_found answer too
-    response_class=JSONResponse,
+    verify_by_id,
+    methods=["GET"],
+    route_class_override=AsgiRoute,
     openapi_extra=VERIFY_BY_ID_PARAMETERS,
     responses={
         200: {
@@ -119,28 +164,17 @@ VERIFY_BY_ID_PARAMETERS = {
         },
     },
 )
-async def verify_by_id(request: Request) -> Response:
-    """JSON for `Accept: application/json`, otherwise the page (Swedish or English by Accept-Language)."""
-    rate_limit(request)
-    certificate_id: str = request.path_params["certificate_id"]
-    wait_for = min_position(request)
-    # A kept answer is served on the event loop; only building one reads the database.
-    answer = await _answers(request).answer_soon(certificate_id, wait_for)
-    headers = {"Cache-Control": CACHE_VALID if answer.state == "valid" else NO_STORE, "Vary": VARY}
-    if _wants_json(request.headers.get("accept")):
-        representation, media_type = answer.json, JSON
-    else:
-        locale = negotiate_locale(request.headers.get("accept-language"))
-        representation, media_type = answer.page(locale), HTML
-        headers.update(PAGE_SECURITY_HEADERS)
-        headers["Content-Language"] = locale
-    if answer.state == "not_found":  # nothing to revalidate: no ETag
-        return Response(representation.body, status_code=404, media_type=media_type, headers=headers)
-    headers["ETag"] = representation.etag
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and representation.matches(if_none_match):
-        return Response(status_code=304, headers=headers)
-    return Response(representation.body, media_type=media_type, headers=headers)
+
+
+async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+    if body:
+        headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
 
 
 VERIFY_FILE_REQUEST_BODY = {
@@ -152,7 +186,11 @@ VERIFY_FILE_REQUEST_BODY = {
                     "type": "object",
                     "required": [FILE_FIELD],
                     "properties": {
-                        FILE_FIELD: {"type": "string", "format": "binary", "description": "The certificate PDF to check"}
+                        FILE_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The certificate PDF to check",
+                        }
                     },
                 }
             }
@@ -180,7 +218,7 @@ VERIFY_FILE_REQUEST_BODY = {
 )
 async def verify_file(request: Request, min_position: MinPosition = None) -> Response:
     """Is this PDF exactly a certificate issued here? Same checks and limits as an upload; nothing is kept."""
-    rate_limit(request)
+    rate_limit(request.scope, request.headers.get("x-forwarded-for"))
     form = await read_pdf_form(request)
     with form.file:
         if form.fields:
@@ -197,7 +235,7 @@ async def verify_file(request: Request, min_position: MinPosition = None) -> Res
 @verify.get(JWKS_PATH, summary="Public keys that check verification answers (JWK set)")
 async def jwks(request: Request) -> JSONResponse:
     """Every configured key, the retired ones too, so answers signed before a rotation still verify."""
-    rate_limit(request)
+    rate_limit(request.scope, request.headers.get("x-forwarded-for"))
     return JSONResponse(_answers(request).signer.jwks(), headers={"Cache-Control": CACHE_KEYS})
 
 
@@ -208,9 +246,9 @@ def _issued_with(request: Request, sha256: str, min_position: int | None) -> Reg
 
 
 @functools.lru_cache(maxsize=256)  # clients send few distinct Accept headers; parsing one costs more than the rest
-def _wants_json(accept: str | None) -> bool:
+def _wants_json(accept: bytes | None) -> bool:
     """HTML unless the client prefers JSON (a browser's */* counts for the page)."""
-    return parse_accept_header(accept or "", MIMEAccept).best_match((HTML, JSON), default=HTML) == JSON
+    return parse_accept_header(_text(accept) or "", MIMEAccept).best_match((HTML, JSON), default=HTML) == JSON
 
 
 def _answers(request: Request) -> SignedAnswers:

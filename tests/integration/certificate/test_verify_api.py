@@ -34,8 +34,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 
 UPLOAD_LIMIT = 100_000
 ANSWER_FIELDS = {
-    "certificate_id", "state", "revoked_at", "certification", "provider", "issued_at", "holder",
-    "file_matches", "file_sha256", "checked_at", "signature",
+    "certificate_id",
+    "state",
+    "revoked_at",
+    "certification",
+    "provider",
+    "issued_at",
+    "holder",
+    "file_matches",
+    "file_sha256",
+    "checked_at",
+    "signature",
 }
 CSP = (
     "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
@@ -54,7 +63,9 @@ def settings_update(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
-def certificate_settings(certificate_settings: CertificateSettings, settings_update: dict[str, Any]) -> CertificateSettings:
+def certificate_settings(
+    certificate_settings: CertificateSettings, settings_update: dict[str, Any]
+) -> CertificateSettings:
     """A small upload limit (413 without megabytes) and a rate limit no test reaches by accident."""
     update = {"max_upload_bytes": UPLOAD_LIMIT, "verify_rate_per_minute": 600, "verify_rate_burst": 200}
     return certificate_settings.model_copy(update={**update, **settings_update})
@@ -108,15 +119,23 @@ def test_answers_by_state_reveal_only_public_facts(
     assert set(answer) == ANSWER_FIELDS
     assert answer["state"] == "valid" and answer["certificate_id"] == first.certificate_id
     assert answer["certification"] == {"name": "Certifierad projektledare"}
-    assert answer["provider"] == {"name": "Kurs AB", "logo_url": None, "linkedin_url": "https://www.linkedin.com/company/1337/"}
+    assert answer["provider"] == {
+        "name": "Kurs AB",
+        "logo_url": None,
+        "linkedin_url": "https://www.linkedin.com/company/1337/",
+    }
     assert answer["holder"] == {"name": None, "initials": "A. S."}
     assert (answer["revoked_at"], answer["file_matches"], answer["file_sha256"]) == (None, None, None)
     issued_at = datetime.fromisoformat(answer["issued_at"])
     assert (valid.headers["cache-control"], valid.headers["vary"]) == ("public, max-age=60", "Accept, Accept-Language")
     assert valid.headers["content-type"] == "application/json"
-    assert_revealed_nothing_private(unsigned_text(answer), "anna", "svensson", "REVIEW-TEXT-42", sha256, booking_id, '"rating"')
+    assert_revealed_nothing_private(
+        unsigned_text(answer), "anna", "svensson", "REVIEW-TEXT-42", sha256, booking_id, '"rating"'
+    )
 
-    page = verification.by_id(first.certificate_id, {"Accept": "text/html", "Accept-Language": "sv-SE,sv;q=0.9,en;q=0.5"})
+    page = verification.by_id(
+        first.certificate_id, {"Accept": "text/html", "Accept-Language": "sv-SE,sv;q=0.9,en;q=0.5"}
+    )
     assert (page.status_code, page.headers["content-type"]) == (200, "text/html; charset=utf-8")
     assert (page.headers["content-language"], page.headers["content-security-policy"]) == ("sv", CSP)
     assert (page.headers["cache-control"], page.headers["vary"]) == ("public, max-age=60", "Accept, Accept-Language")
@@ -126,7 +145,8 @@ def test_answers_by_state_reveal_only_public_facts(
     assert browser.headers["content-language"] == "en" and "Valid certificate" in browser.text
 
     metadata = scenario.certificates.get(
-        f"/v1/bookings/{booking_id}/certificate", headers={**scenario.tokens("participant", "anna"), **verification.caught_up()}
+        f"/v1/bookings/{booking_id}/certificate",
+        headers={**scenario.tokens("participant", "anna"), **verification.caught_up()},
     )
     assert metadata.status_code == 200, metadata.text
     assert metadata.json()["linkedin_add_url"] == (
@@ -142,7 +162,9 @@ def test_answers_by_state_reveal_only_public_facts(
     superseded = verification.by_id(first.certificate_id)
     assert (superseded.status_code, superseded.json()["state"]) == (200, "superseded")
     assert superseded.headers["cache-control"] == "no-store"
-    assert superseded.json()["holder"]["name"] == "Anna Svensson"  # the choice carries over to the booking's certificates
+    assert (
+        superseded.json()["holder"]["name"] == "Anna Svensson"
+    )  # the choice carries over to the booking's certificates
     old_metadata = scenario.certificates.get(f"/v1/certificates/{first.certificate_id}", headers=scenario.staff)
     assert old_metadata.json()["linkedin_add_url"] is None
 
@@ -161,8 +183,14 @@ def test_answers_by_state_reveal_only_public_facts(
         assert missing.status_code == 404, (asked, missing.text)
         assert set(missing.json()) == ANSWER_FIELDS
         assert {k: v for k, v in missing.json().items() if k not in ("certificate_id", "checked_at", "signature")} == {
-            "state": "not_found", "revoked_at": None, "certification": None, "provider": None, "issued_at": None,
-            "holder": None, "file_matches": None, "file_sha256": None,
+            "state": "not_found",
+            "revoked_at": None,
+            "certification": None,
+            "provider": None,
+            "issued_at": None,
+            "holder": None,
+            "file_matches": None,
+            "file_sha256": None,
         }
         assert missing.headers["cache-control"] == "no-store"
     assert verification.by_id(unknown_id).json()["certificate_id"] == unknown_id
@@ -173,9 +201,13 @@ def test_answers_by_state_reveal_only_public_facts(
     assert verification.by_id(first.certificate_id.upper()).json()["certificate_id"] == first.certificate_id
 
 
-@pytest.mark.parametrize("settings_update", [{"verify_signing_keys": SecretStr(json.dumps({"keys": [KEY_A]}))}], indirect=True)
+@pytest.mark.parametrize(
+    "settings_update", [{"verify_signing_keys": SecretStr(json.dumps({"keys": [KEY_A]}))}], indirect=True
+)
 def test_answers_are_signed_and_still_verify_after_a_key_rotation(
-    certificate_scenario: CertificateScenario, verification: VerificationFlows, certificate_settings: CertificateSettings
+    certificate_scenario: CertificateScenario,
+    verification: VerificationFlows,
+    certificate_settings: CertificateSettings,
 ) -> None:
     """A rotation starts the service with the new key set: the answers the old one kept are not served."""
     scenario = certificate_scenario
@@ -234,7 +266,9 @@ def test_kept_answers_are_revalidated_with_etags(
         unchanged = verification.by_id(issued.certificate_id, {"If-None-Match": if_none_match})
         assert (unchanged.status_code, unchanged.content) == (304, b""), if_none_match
         assert (unchanged.headers["etag"], unchanged.headers["cache-control"], unchanged.headers["vary"]) == (
-            etag, "public, max-age=60", "Accept, Accept-Language"
+            etag,
+            "public, max-age=60",
+            "Accept, Accept-Language",
         )
     assert verification.by_id(issued.certificate_id, {"If-None-Match": '"other"'}).status_code == 200
 
@@ -244,7 +278,10 @@ def test_kept_answers_are_revalidated_with_etags(
     assert verification.by_id(issued.certificate_id, {**page_headers, "If-None-Match": etag}).status_code == 200
     unchanged_page = verification.by_id(issued.certificate_id, {**page_headers, "If-None-Match": page.headers["etag"]})
     assert unchanged_page.status_code == 304
-    assert (unchanged_page.headers["content-language"], unchanged_page.headers["content-security-policy"]) == ("sv", CSP)
+    assert (unchanged_page.headers["content-language"], unchanged_page.headers["content-security-policy"]) == (
+        "sv",
+        CSP,
+    )
 
     missing = verification.by_id(str(uuid4()), {"If-None-Match": "*"})
     assert missing.status_code == 404 and "etag" not in missing.headers
@@ -269,6 +306,13 @@ def test_x_min_position_on_an_answer_by_id_is_checked_and_documented(certificate
     assert set(parameters) == {("path", "certificate_id"), ("header", "X-Min-Position")}
     assert parameters["path", "certificate_id"]["required"] is True
     assert parameters["header", "X-Min-Position"]["schema"] == {"type": "integer", "minimum": 0}
+
+
+def test_answers_by_id_are_only_got(certificate_client: TestClient) -> None:
+    """The route answers at the ASGI level, yet other methods get the usual 405 in the usual error format."""
+    refused = certificate_client.post(f"/verify/{uuid4()}", headers=JSON_ACCEPT)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert refused.headers["allow"] == "GET" and refused.headers["x-request-id"]
 
 
 def test_changes_reach_kept_answers_promptly_without_read_your_writes(
@@ -347,7 +391,13 @@ def test_a_file_is_authentic_only_if_it_is_exactly_the_issued_one(
         ),
         (
             scenario.certificates.post(
-                "/verify", files={"file": ("enc.pdf", (CORPUS / "005-libreoffice-writer-password" / "libreoffice-writer-password.pdf").read_bytes())}
+                "/verify",
+                files={
+                    "file": (
+                        "enc.pdf",
+                        (CORPUS / "005-libreoffice-writer-password" / "libreoffice-writer-password.pdf").read_bytes(),
+                    )
+                },
             ),
             422,
             "pdf_encrypted",
@@ -355,7 +405,9 @@ def test_a_file_is_authentic_only_if_it_is_exactly_the_issued_one(
         (scenario.certificates.post("/verify", json={"file": "JVBERi0="}), 415, "multipart_required"),
         (scenario.certificates.post("/verify", files={"document": ("x.pdf", ISSUED_PDF)}), 422, "unexpected_file"),
         (
-            scenario.certificates.post("/verify", files={"file": ("x.pdf", ISSUED_PDF)}, data={"contains_results": "true"}),
+            scenario.certificates.post(
+                "/verify", files={"file": ("x.pdf", ISSUED_PDF)}, data={"contains_results": "true"}
+            ),
             422,
             "unexpected_field",
         ),

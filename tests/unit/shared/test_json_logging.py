@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import structlog
@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
-from shared.http import ACCESS_LOG, Observability, configure_logging, request_id_headers
+from shared.http import ACCESS_LOG, Observability, UtcTimestamps, configure_logging, request_id_headers
 
 
 @pytest.fixture
@@ -48,9 +48,7 @@ def test_standard_library_records_are_json_with_the_request_id(
     assert "timestamp" in record
 
 
-def test_a_traceback_stays_inside_its_json_line(
-    json_logging: None, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_traceback_stays_inside_its_json_line(json_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
     try:
         raise ValueError("bad value")
     except ValueError:
@@ -61,9 +59,7 @@ def test_a_traceback_stays_inside_its_json_line(
     assert "ValueError: bad value" in str(record["exception"])
 
 
-def test_structlog_records_are_json_with_the_request_id(
-    json_logging: None, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_structlog_records_are_json_with_the_request_id(json_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
     structlog.get_logger("shared.worker").info("workers running", projections=2)
 
     (record,) = records(capsys.readouterr().out)
@@ -91,16 +87,40 @@ def test_each_request_is_logged_in_the_shape_of_any_structlog_line(
     structlog.contextvars.clear_contextvars()
     answer = observed_app().get("/things/7")
     structlog.contextvars.bind_contextvars(request_id=answer.headers["x-request-id"])
-    structlog.get_logger("shared.http").info("request", method="GET", route="/things/{thing_id}", status=200, duration_ms=0.5)
+    structlog.get_logger("shared.http").info(
+        "request", method="GET", route="/things/{thing_id}", status=200, duration_ms=0.5
+    )
 
     access, through_structlog = records(capsys.readouterr().out)
     assert list(access) == list(through_structlog)
     assert {name: access[name] for name in ("event", "method", "route", "status", "level", "request_id")} == {
-        "event": "request", "method": "GET", "route": "/things/{thing_id}", "status": 200, "level": "info",
+        "event": "request",
+        "method": "GET",
+        "route": "/things/{thing_id}",
+        "status": 200,
+        "level": "info",
         "request_id": answer.headers["x-request-id"],
     }
     assert isinstance(access["duration_ms"], float) and str(access["timestamp"]).endswith("Z")
     datetime.fromisoformat(str(access["timestamp"]))
+
+
+@pytest.mark.parametrize("request_id", ["a1b2", 'with " and \\', "åäö \x01"])
+def test_the_access_line_is_rendered_as_json_dumps_renders_it(
+    json_logging: None, capsys: pytest.CaptureFixture[str], request_id: str
+) -> None:
+    """Written without json.dumps, for speed: the same text all the same, whatever id a client sends."""
+    ACCESS_LOG(request_id, "GET", "/things/{thing_id}", 200, 0.25)
+
+    line = capsys.readouterr().out.rstrip("\n")
+    assert line == json.dumps(json.loads(line))
+    assert json.loads(line)["request_id"] == request_id
+
+
+@pytest.mark.parametrize("now", [0.0, 1_764_410_081.0, 1_764_410_081.5, 1_764_410_081.947383, 1_764_410_081.9999997])
+def test_timestamps_are_written_as_datetime_writes_them(now: float) -> None:
+    expected = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
+    assert UtcTimestamps(clock=lambda: now).now() == expected
 
 
 def test_no_access_lines_above_info_level(capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,5 +153,10 @@ def test_each_request_is_measured_by_route_and_status() -> None:
     for path in ("/things/1", "/things/2", "/nowhere"):
         client.get(path)
     exposed = generate_latest(observability.registry).decode()
-    assert 'http_request_duration_seconds_count{method="GET",route="/things/{thing_id}",service="test",status="200"} 2.0' in exposed
-    assert 'http_request_duration_seconds_count{method="GET",route="unmatched",service="test",status="404"} 1.0' in exposed
+    assert (
+        'http_request_duration_seconds_count{method="GET",route="/things/{thing_id}",service="test",status="200"} 2.0'
+        in exposed
+    )
+    assert (
+        'http_request_duration_seconds_count{method="GET",route="unmatched",service="test",status="404"} 1.0' in exposed
+    )
