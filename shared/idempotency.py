@@ -92,7 +92,9 @@ class IdempotencyStore(SqlStore):
     def release(self, scope_key: str) -> None:
         """The request failed on our side (5xx): let a retry run it again."""
         with self._statement_cursor() as cursor:
-            self.execute(cursor, "DELETE FROM idempotency_keys WHERE scope_key = :k AND status_code IS NULL", {"k": scope_key})
+            self.execute(
+                cursor, "DELETE FROM idempotency_keys WHERE scope_key = :k AND status_code IS NULL", {"k": scope_key}
+            )
 
 
 class IdempotencyMiddleware:
@@ -140,7 +142,9 @@ class IdempotencyMiddleware:
     ) -> tuple[str, Receive, str]:
         text_key = key.decode("latin-1").strip()
         if not text_key or len(text_key) > MAX_KEY_LENGTH:
-            raise Invalid(f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.", code="invalid_idempotency_key")
+            raise Invalid(
+                f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.", code="invalid_idempotency_key"
+            )
         caller = (await verifier.verify_on_loop(authorization[7:].decode("latin-1").strip())).sub
         declared_length = header(scope, b"content-length") or b"0"
         length = int(declared_length) if declared_length.isdigit() else MAX_HASHED_BODY + 1

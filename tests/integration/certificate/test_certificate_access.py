@@ -14,7 +14,9 @@ FIRST_PDF = (CORPUS / "004-pdflatex-4-pages" / "pdflatex-4-pages.pdf").read_byte
 SECOND_PDF = (CORPUS / "001-trivial" / "minimal-document.pdf").read_bytes()
 
 
-def issue(scenario: CertificateScenario, party: Party, booking_id: str, content: bytes = FIRST_PDF, **options: Any) -> dict[str, Any]:
+def issue(
+    scenario: CertificateScenario, party: Party, booking_id: str, content: bytes = FIRST_PDF, **options: Any
+) -> dict[str, Any]:
     """Uploads a certificate and waits until the registry knows it; returns the upload answer."""
     answer = scenario.upload(booking_id, party.provider, content, **options)
     assert answer.status_code == 201, answer.text
@@ -110,7 +112,9 @@ def test_revocation_needs_a_reason_and_the_products_provider(certificate_scenari
         assert (answer.status_code, answer.json()["error"]["code"]) == (status, code)
     assert scenario.booking_event_position() == before
 
-    revoked = scenario.certificates.post(url, json={"reason": "Issued to the wrong participant"}, headers=party.provider)
+    revoked = scenario.certificates.post(
+        url, json={"reason": "Issued to the wrong participant"}, headers=party.provider
+    )
     assert revoked.status_code == 200, revoked.text
     assert revoked.json()["state"] == "revoked"
     registered = scenario.certificate(certificate_id, revoked.headers["x-event-position"]).json()
@@ -122,7 +126,9 @@ def test_revocation_needs_a_reason_and_the_products_provider(certificate_scenari
     assert (again.status_code, again.json()["error"]["code"]) == (409, "certificate_not_valid")
 
 
-def test_leaving_completed_or_withdrawing_consent_revokes_automatically(certificate_scenario: CertificateScenario) -> None:
+def test_leaving_completed_or_withdrawing_consent_revokes_automatically(
+    certificate_scenario: CertificateScenario,
+) -> None:
     scenario = certificate_scenario
     party = scenario.provider()
     failed_booking = scenario.booking_for(party, participant_id="anna")

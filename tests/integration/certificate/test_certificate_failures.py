@@ -94,12 +94,17 @@ def folder_gone(root: Path) -> Iterator[None]:
 
 @pytest.fixture
 def storage_drill(
-    store: str, request: pytest.FixtureRequest, certificate_settings: CertificateSettings, certificate_client: TestClient
+    store: str,
+    request: pytest.FixtureRequest,
+    certificate_settings: CertificateSettings,
+    certificate_client: TestClient,
 ) -> Iterator[StorageDrill]:
     """SQLite runs with the local folder, PostgreSQL with an S3 server of the test's own."""
     if store == "sqlite":
         yield StorageDrill(
-            certificate_client, object_storage(certificate_settings), lambda: folder_gone(certificate_settings.data_dir / "files")
+            certificate_client,
+            object_storage(certificate_settings),
+            lambda: folder_gone(certificate_settings.data_dir / "files"),
         )
         return
     s3 = request.getfixturevalue("s3_outage")
@@ -109,7 +114,9 @@ def storage_drill(
 
 
 @pytest.mark.drill
-def test_storage_down_means_503_and_no_event(certificate_scenario: CertificateScenario, storage_drill: StorageDrill) -> None:
+def test_storage_down_means_503_and_no_event(
+    certificate_scenario: CertificateScenario, storage_drill: StorageDrill
+) -> None:
     scenario = certificate_scenario
     party = scenario.provider()
     booking_id = scenario.booking_for(party)
@@ -205,7 +212,9 @@ def test_a_shared_file_survives_a_refused_record(
 
 
 def test_a_refused_record_puts_back_the_file_an_upload_claimed_meanwhile(
-    certificate_scenario: CertificateScenario, certificate_settings: CertificateSettings, monkeypatch: pytest.MonkeyPatch
+    certificate_scenario: CertificateScenario,
+    certificate_settings: CertificateSettings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Another upload of the same bytes begins after the refused one found the file unneeded, and
     finds it still stored (so stores nothing): the refused upload must not leave it deleted."""
@@ -258,7 +267,9 @@ def test_booking_service_gone_before_the_record_removes_the_file(
 
 
 def test_a_lost_answer_keeps_the_file_until_the_sweep_knows_the_outcome(
-    certificate_scenario: CertificateScenario, certificate_settings: CertificateSettings, monkeypatch: pytest.MonkeyPatch
+    certificate_scenario: CertificateScenario,
+    certificate_settings: CertificateSettings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A record call without an answer may or may not have been recorded: only the sweep, once the
     registry has caught up, can tell a stray file from a certificate's file."""
@@ -290,7 +301,9 @@ def test_a_lost_answer_keeps_the_file_until_the_sweep_knows_the_outcome(
     assert recorded.status_code == 200, recorded.text
     assert run_sweep(certificate_settings, grace=timedelta(0)) == [key_of(PDF)]
     assert scenario.stored_keys() == {key_of(OTHER_PDF)}
-    download = scenario.certificates.get(f"/v1/certificates/{recorded.json()['certificate_id']}/file", headers=scenario.staff)
+    download = scenario.certificates.get(
+        f"/v1/certificates/{recorded.json()['certificate_id']}/file", headers=scenario.staff
+    )
     assert download.content == OTHER_PDF
 
 
@@ -375,7 +388,9 @@ def test_no_file_is_served_when_the_download_cannot_be_recorded(
         raise PersistenceOperationalError("the certificate event store does not answer")
 
     monkeypatch.setattr(CertificateApplication, "record_download", event_store_down)
-    answer = scenario.certificates.get(url, headers={**party.provider, "X-Min-Position": issued.headers["x-event-position"]})
+    answer = scenario.certificates.get(
+        url, headers={**party.provider, "X-Min-Position": issued.headers["x-event-position"]}
+    )
 
     assert refused(answer) == (503, "unavailable")
     assert PDF[:5] not in answer.content

@@ -37,9 +37,7 @@ def write_file(path: Path, content: bytes) -> tuple[Path, int, str]:
     return path, len(content), hashlib.sha256(content).hexdigest()
 
 
-def put_bytes(
-    storage: ObjectStorage, directory: Path, content: bytes, key: str | None = None
-) -> str:
+def put_bytes(storage: ObjectStorage, directory: Path, content: bytes, key: str | None = None) -> str:
     upload = directory / f"upload-{hashlib.md5(content).hexdigest()}"
     path, size, sha256 = write_file(upload, content)
     key = key or certificate_object_key(sha256)
@@ -69,9 +67,7 @@ def test_corpus_pdf_round_trip_is_byte_identical(object_storage: ObjectStorage) 
     assert max(len(chunk) for chunk in chunks) <= 4096
 
 
-def test_putting_a_key_again_keeps_the_stored_object(
-    object_storage: ObjectStorage, tmp_path: Path
-) -> None:
+def test_putting_a_key_again_keeps_the_stored_object(object_storage: ObjectStorage, tmp_path: Path) -> None:
     original = b"%PDF-1.7 original certificate"
     key = put_bytes(object_storage, tmp_path, original)
     put_bytes(object_storage, tmp_path, original, key)
@@ -87,7 +83,7 @@ def test_stat_list_and_delete(object_storage: ObjectStorage, tmp_path: Path) -> 
     keys = [put_bytes(object_storage, tmp_path, content) for content in contents]
     other_key = put_bytes(object_storage, tmp_path, b"not a certificate", "other/notes.txt")
 
-    for key, content in zip(keys, contents):
+    for key, content in zip(keys, contents, strict=True):
         found = object_storage.stat(key)
         assert (found.key, found.size) == (key, len(content))
         assert found.last_modified.tzinfo is not None
@@ -147,8 +143,18 @@ def test_certificate_key_is_content_addressed() -> None:
 
 
 BAD_KEYS = [
-    "", "../escape.pdf", "/etc/passwd", "a/../../b", "a//b", "a/", "a\\b", ".hidden", "a/./b",
-    "a\x00b", "a b", "x" * 1025,
+    "",
+    "../escape.pdf",
+    "/etc/passwd",
+    "a/../../b",
+    "a//b",
+    "a/",
+    "a\\b",
+    ".hidden",
+    "a/./b",
+    "a\x00b",
+    "a b",
+    "x" * 1025,
 ]
 
 
@@ -233,9 +239,7 @@ def test_local_storage_leaves_no_temporary_file_behind(tmp_path: Path) -> None:
     ]
 
 
-def test_ensure_ready_creates_the_bucket_or_folder(
-    new_object_storage: ObjectStorage, tmp_path: Path
-) -> None:
+def test_ensure_ready_creates_the_bucket_or_folder(new_object_storage: ObjectStorage, tmp_path: Path) -> None:
     with pytest.raises(StorageUnavailable):
         new_object_storage.ping()
     with pytest.raises(StorageUnavailable):
@@ -249,9 +253,7 @@ def test_ensure_ready_creates_the_bucket_or_folder(
     assert read_all(new_object_storage, key) == b"in time"
 
 
-def test_s3_endpoint_given_as_url(
-    s3_endpoint: S3Endpoint, s3_bucket_name: str, tmp_path: Path
-) -> None:
+def test_s3_endpoint_given_as_url(s3_endpoint: S3Endpoint, s3_bucket_name: str, tmp_path: Path) -> None:
     scheme = "https" if s3_endpoint.secure else "http"
     storage = MinioStorage(
         endpoint=f"{scheme}://{s3_endpoint.endpoint.split('://')[-1]}",
@@ -292,17 +294,15 @@ def test_malformed_s3_endpoint_is_refused(endpoint: str) -> None:
         MinioStorage(endpoint=endpoint, access_key="a", secret_key="b", bucket="certificates")
 
 
-def test_storage_from_settings_picks_the_adapter(
-    s3_endpoint: S3Endpoint, s3_bucket_name: str, tmp_path: Path
-) -> None:
-    settings = dict(
-        s3_access_key=s3_endpoint.access_key,
-        s3_secret_key=s3_endpoint.secret_key,
-        s3_bucket=s3_bucket_name,
-        s3_secure=s3_endpoint.secure,
-        s3_region=s3_endpoint.region,
-        data_dir=tmp_path / "var",
-    )
+def test_storage_from_settings_picks_the_adapter(s3_endpoint: S3Endpoint, s3_bucket_name: str, tmp_path: Path) -> None:
+    settings = {
+        "s3_access_key": s3_endpoint.access_key,
+        "s3_secret_key": s3_endpoint.secret_key,
+        "s3_bucket": s3_bucket_name,
+        "s3_secure": s3_endpoint.secure,
+        "s3_region": s3_endpoint.region,
+        "data_dir": tmp_path / "var",
+    }
     local = storage_from_settings(s3_endpoint="", **settings)
     remote = storage_from_settings(s3_endpoint=s3_endpoint.endpoint, **settings)
 
@@ -324,9 +324,7 @@ def test_s3_refusing_connections_fails_fast(s3_outage: S3Outage, tmp_path: Path)
     operations: dict[str, Callable[[], object]] = {
         "ping": storage.ping,
         "ensure_ready": storage.ensure_ready,
-        "put_file": lambda: storage.put_file(
-            certificate_object_key(sha256), path, size=size, sha256=sha256
-        ),
+        "put_file": lambda: storage.put_file(certificate_object_key(sha256), path, size=size, sha256=sha256),
         "open_stream": lambda: storage.open_stream(key),
         "stat": lambda: storage.stat(key),
         "delete": lambda: storage.delete(key),
@@ -335,7 +333,7 @@ def test_s3_refusing_connections_fails_fast(s3_outage: S3Outage, tmp_path: Path)
 
     with s3_outage.refusing_connections():
         started = time.monotonic()
-        for name, operation in operations.items():
+        for operation in operations.values():
             with pytest.raises(StorageUnavailable):
                 operation()
         elapsed = time.monotonic() - started
@@ -387,15 +385,11 @@ def peak_traced_memory(action: Callable[[], object]) -> int:
         tracemalloc.stop()
 
 
-def test_big_file_is_streamed_both_ways(
-    object_storage: ObjectStorage, big_file: tuple[Path, str]
-) -> None:
+def test_big_file_is_streamed_both_ways(object_storage: ObjectStorage, big_file: tuple[Path, str]) -> None:
     path, sha256 = big_file
     key = certificate_object_key(sha256)
 
-    upload_peak = peak_traced_memory(
-        lambda: object_storage.put_file(key, path, size=BIG_FILE_SIZE, sha256=sha256)
-    )
+    upload_peak = peak_traced_memory(lambda: object_storage.put_file(key, path, size=BIG_FILE_SIZE, sha256=sha256))
     read_back = hashlib.sha256()
     sizes: list[int] = []
 

@@ -82,7 +82,11 @@ def test_every_corpus_pdf_is_issued_or_refused_for_its_reason(certificate_scenar
         issued = answer.json()
         sha256 = hashlib.sha256(content).hexdigest()
         assert (issued["page_count"], issued["size"], issued["sha256"]) == (entry["pages"], len(content), sha256)
-        assert (issued["state"], issued["booking_id"], issued["file_name"]) == ("valid", booking_id, Path(entry["path"]).name)
+        assert (issued["state"], issued["booking_id"], issued["file_name"]) == (
+            "valid",
+            booking_id,
+            Path(entry["path"]).name,
+        )
         assert certificate_object_key(sha256) in scenario.stored_keys()
     assert issued is not None
     active = scenario.certificates.get(
@@ -145,7 +149,10 @@ def test_file_names_are_sanitised_and_never_used_as_keys(certificate_scenario: C
         f"/v1/certificates/{answer.json()['certificate_id']}/file",
         headers={**party.provider, "X-Min-Position": answer.headers["x-event-position"]},
     )
-    assert download.headers["content-disposition"] == "attachment; filename=\"intyggpj.pdf\"; filename*=UTF-8''intyggpj.pdf"
+    assert (
+        download.headers["content-disposition"]
+        == "attachment; filename=\"intyggpj.pdf\"; filename*=UTF-8''intyggpj.pdf"
+    )
     assert scenario.stored_keys() == {certificate_object_key(hashlib.sha256(GOOD_PDF).hexdigest())}
 
 
@@ -179,7 +186,9 @@ def test_a_malformed_form_is_refused(certificate_scenario: CertificateScenario) 
     headers = party.provider
 
     no_file = scenario.certificates.post(
-        url, content=multipart_body("bnd", None, {"contains_results": "false"}), headers=multipart_headers(headers, "bnd")
+        url,
+        content=multipart_body("bnd", None, {"contains_results": "false"}),
+        headers=multipart_headers(headers, "bnd"),
     )
     assert_refused(no_file, 422, "file_missing")
     misnamed = scenario.certificates.post(url, files={"document": ("a.pdf", GOOD_PDF)}, headers=headers)

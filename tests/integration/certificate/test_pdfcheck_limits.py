@@ -103,7 +103,8 @@ def endless_xref_stream(offsets: list[int], start: int) -> bytes:
     entries = b"".join(b"\x01" + offset.to_bytes(4, "big") + b"\0\0" for offset in offsets)
     return (
         b"%d 0 obj\n<< /Type /XRef /Size 1000000000 /Index [0 1000000000] /W [1 4 2] /Root 1 0 R "
-        b"/Length %d >>\nstream\n" % (len(offsets) + 1, len(entries))
+        b"/Length %d >>\nstream\n"
+        % (len(offsets) + 1, len(entries))
         + entries
         + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % start
     )
@@ -111,7 +112,7 @@ def endless_xref_stream(offsets: list[int], start: int) -> bytes:
 
 def object_chain(length: int) -> tuple[bytes, ...]:
     """Objects 5, 6, ... each pointing to the next: cheap to write, slow to walk."""
-    return tuple(b"<< /Next %d 0 R >>" % (number + 1) for number in range(5, 5 + length - 1)) + (b"<< >>",)
+    return (*(b"<< /Next %d 0 R >>" % (number + 1) for number in range(5, 5 + length - 1)), b"<< >>")
 
 
 HOSTILE_FILES = {

@@ -123,7 +123,9 @@ class Registry:
         self.view.write(Tracking(notification_id=self.position, application_name=UPSTREAM), *statements)
 
 
-def signed_answers(view: CertificateRegistry, clock: FakeClock, signer: AnswerSigner = SIGNER, **options: Any) -> SignedAnswers:
+def signed_answers(
+    view: CertificateRegistry, clock: FakeClock, signer: AnswerSigner = SIGNER, **options: Any
+) -> SignedAnswers:
     return SignedAnswers(
         view,
         signer,
@@ -336,7 +338,9 @@ class SlowRegistry:
         return getattr(self._view, name)
 
 
-def test_requests_missing_the_same_answer_together_build_it_once(registry: CertificateRegistry, clock: FakeClock) -> None:
+def test_requests_missing_the_same_answer_together_build_it_once(
+    registry: CertificateRegistry, clock: FakeClock
+) -> None:
     certificate_id = Registry(registry).issue()
     slow = SlowRegistry(registry)
     answers = signed_answers(slow, clock)  # type: ignore[arg-type]
@@ -349,7 +353,9 @@ def test_requests_missing_the_same_answer_together_build_it_once(registry: Certi
     assert (slow.reads, len(served)) == (1, 1)
 
 
-def test_requests_missing_together_on_the_event_loop_await_one_build(registry: CertificateRegistry, clock: FakeClock) -> None:
+def test_requests_missing_together_on_the_event_loop_await_one_build(
+    registry: CertificateRegistry, clock: FakeClock
+) -> None:
     certificate_id = Registry(registry).issue()
     answers = signed_answers(registry, clock)
     answers.answer(certificate_id)  # the position is observed: no request reads it again now

@@ -58,7 +58,8 @@ def corpus_params() -> list[object]:
         pytest.param(
             entry,
             id=entry["path"],
-            marks=() if (CORPUS / entry["path"]).is_file()
+            marks=()
+            if (CORPUS / entry["path"]).is_file()
             else pytest.mark.skip(reason="listed in files.json but absent from the corpus"),
         )
         for entry in CORPUS_ENTRIES

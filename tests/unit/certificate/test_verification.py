@@ -159,5 +159,5 @@ def test_linkedin_link_for_valid_certificates_only() -> None:
 def test_every_answer_renders_as_the_page(state: str | None) -> None:
     certificate = None if state is None else dataclasses.replace(CERTIFICATE, state=state, revoked_at=CHECKED_AT)
     page = render_verify_page({**answer_for(certificate), "revocation_reason": None}, locale="sv")
-    assert "<html lang=\"sv\">" in page
+    assert '<html lang="sv">' in page
     assert ("A.-K. S." in page) is (state is not None)

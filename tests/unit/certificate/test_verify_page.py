@@ -22,8 +22,12 @@ VALID = {
     "file_matches": None,
     "checked_at": "2025-01-02T03:04:05+00:00",
 }
-REVOKED = {**VALID, "state": "revoked", "revoked_at": "2024-05-02T09:00:00+00:00",
-           "revocation_reason": "Status changed from completed"}
+REVOKED = {
+    **VALID,
+    "state": "revoked",
+    "revoked_at": "2024-05-02T09:00:00+00:00",
+    "revocation_reason": "Status changed from completed",
+}
 SUPERSEDED = {**VALID, "state": "superseded"}
 NOT_FOUND = {
     "certificate_id": "c-unknown",
@@ -111,12 +115,32 @@ def test_revoked_without_date_still_says_revoked():
 @pytest.mark.parametrize(
     ("locale", "facts"),
     [
-        ("sv", ["Certifiering Brandskydd Grund", "Utfärdat av Logotyp för Åkes Utbildning AB Åkes Utbildning AB",
-                "Åkes Utbildning AB på LinkedIn", "Utfärdandedatum 7 mars 2024", "Innehavare A. S.",
-                "Endast initialer visas", "Certifikat-id c-7f3a", "Kontrollerat 2 januari 2025 03:04:05 UTC"]),
-        ("en", ["Certification Brandskydd Grund", "Issued by Logo of Åkes Utbildning AB Åkes Utbildning AB",
-                "Åkes Utbildning AB on LinkedIn", "Date issued March 7, 2024", "Holder A. S.",
-                "Only initials are shown", "Certificate ID c-7f3a", "Checked January 2, 2025, 3:04:05 AM UTC"]),
+        (
+            "sv",
+            [
+                "Certifiering Brandskydd Grund",
+                "Utfärdat av Logotyp för Åkes Utbildning AB Åkes Utbildning AB",
+                "Åkes Utbildning AB på LinkedIn",
+                "Utfärdandedatum 7 mars 2024",
+                "Innehavare A. S.",
+                "Endast initialer visas",
+                "Certifikat-id c-7f3a",
+                "Kontrollerat 2 januari 2025 03:04:05 UTC",
+            ],
+        ),
+        (
+            "en",
+            [
+                "Certification Brandskydd Grund",
+                "Issued by Logo of Åkes Utbildning AB Åkes Utbildning AB",
+                "Åkes Utbildning AB on LinkedIn",
+                "Date issued March 7, 2024",
+                "Holder A. S.",
+                "Only initials are shown",
+                "Certificate ID c-7f3a",
+                "Checked January 2, 2025, 3:04:05 AM UTC",
+            ],
+        ),
     ],
 )
 def test_valid_page_shows_the_facts(locale, facts):
